@@ -1,0 +1,1 @@
+//! BF16 codec (filled in by the codec work).

@@ -1,0 +1,1 @@
+//! MXFP4 codec (filled in by the codec work).

@@ -1,0 +1,1 @@
+//! Checkpoint I/O (filled in by the checkpoint work).

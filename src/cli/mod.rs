@@ -1,0 +1,34 @@
+//! The `lora-qat` command line: one file per command, each with its clap `Args` and a `run`.
+
+pub mod inspect;
+pub mod score;
+
+use clap::{Parser, Subcommand};
+
+/// LoRA quantization-aware fine-tuning of gpt-oss, exported as a real MXFP4 checkpoint.
+#[derive(Debug, Parser)]
+#[command(name = "lora-qat", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `debug`, `lora_qat=trace`.
+    #[arg(long, global = true, default_value = "info", env = "LORA_QAT_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe and validate a base checkpoint (a directory, a hub repo id or a config.json).
+    Inspect(inspect::InspectArgs),
+    /// Forward pass on given token ids: writes logits and the mean loss.
+    Score(score::ScoreArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Inspect(args) => inspect::run(&args),
+            Command::Score(args) => score::run(&args),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! gpt-oss in burn (filled in by the model work).
