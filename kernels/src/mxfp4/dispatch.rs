@@ -1,0 +1,140 @@
+//! Run-time CPU feature dispatch: the `generic` bodies compiled once per feature level inside
+//! `#[target_feature]` wrappers, the best level chosen once with `is_x86_feature_detected!`.
+
+use super::generic;
+use std::sync::OnceLock;
+
+/// One set of single-threaded kernels on whole blocks (lengths already checked); errors are the
+/// index of the first block holding a NaN/Inf.
+pub(super) struct Kernels {
+    /// name of the feature level, for logs and benchmarks
+    pub name: &'static str,
+    pub quantize: fn(&[f32], &mut [u8], &mut [u8]) -> Result<(), usize>,
+    pub dequantize: fn(&[u8], &[u8], &mut [f32]),
+    pub fake_quantize: fn(&[f32], &mut [f32]) -> Result<(), usize>,
+    pub fake_quantize_in_place: fn(&mut [f32]) -> Result<(), usize>,
+}
+
+/// Instantiates the generic bodies under one `#[target_feature]` set as a [`Kernels`].
+macro_rules! kernel_set {
+    ($modname:ident, $name:literal, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $modname {
+            use super::generic;
+
+            #[target_feature(enable = $features)]
+            fn quantize_tf(x: &[f32], b: &mut [u8], s: &mut [u8]) -> Result<(), usize> {
+                generic::quantize(x, b, s)
+            }
+            #[target_feature(enable = $features)]
+            fn dequantize_tf(b: &[u8], s: &[u8], out: &mut [f32]) {
+                generic::dequantize(b, s, out)
+            }
+            #[target_feature(enable = $features)]
+            fn fake_quantize_tf(x: &[f32], out: &mut [f32]) -> Result<(), usize> {
+                generic::fake_quantize(x, out)
+            }
+            #[target_feature(enable = $features)]
+            fn fake_quantize_in_place_tf(x: &mut [f32]) -> Result<(), usize> {
+                generic::fake_quantize_in_place(x)
+            }
+
+            // SAFETY (all four): this set is only selected after `is_x86_feature_detected!`
+            // confirmed every feature in `$features` (see `select`).
+            fn quantize(x: &[f32], b: &mut [u8], s: &mut [u8]) -> Result<(), usize> {
+                unsafe { quantize_tf(x, b, s) }
+            }
+            fn dequantize(b: &[u8], s: &[u8], out: &mut [f32]) {
+                unsafe { dequantize_tf(b, s, out) }
+            }
+            fn fake_quantize(x: &[f32], out: &mut [f32]) -> Result<(), usize> {
+                unsafe { fake_quantize_tf(x, out) }
+            }
+            fn fake_quantize_in_place(x: &mut [f32]) -> Result<(), usize> {
+                unsafe { fake_quantize_in_place_tf(x) }
+            }
+
+            pub(in super::super) const KERNELS: super::Kernels = super::Kernels {
+                name: $name,
+                quantize,
+                dequantize,
+                fake_quantize,
+                fake_quantize_in_place,
+            };
+        }
+    };
+}
+
+kernel_set!(
+    avx512,
+    "avx512",
+    "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2"
+);
+kernel_set!(avx2, "avx2", "avx2,fma,bmi2");
+
+/// The portable kernels (whatever the compile-time target allows).
+pub(super) const PORTABLE: Kernels = Kernels {
+    name: "portable",
+    quantize: |x, b, s| generic::quantize(x, b, s),
+    dequantize: |b, s, out| generic::dequantize(b, s, out),
+    fake_quantize: |x, out| generic::fake_quantize(x, out),
+    fake_quantize_in_place: |x| generic::fake_quantize_in_place(x),
+};
+
+/// The best kernel set for this CPU, chosen on first use.
+pub(super) fn kernels() -> &'static Kernels {
+    static SELECTED: OnceLock<&'static Kernels> = OnceLock::new();
+    SELECTED.get_or_init(select)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn select() -> &'static Kernels {
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("bmi2")
+    {
+        &avx512::KERNELS
+    } else if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("bmi2")
+    {
+        &avx2::KERNELS
+    } else {
+        &PORTABLE
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn select() -> &'static Kernels {
+    &PORTABLE
+}
+
+#[cfg(test)]
+/// Every kernel set this CPU can run (portable first), so tests can check each against the
+/// reference, whatever `kernels()` picks.
+pub(super) fn available() -> Vec<&'static Kernels> {
+    let best = kernels();
+    let mut all = vec![&PORTABLE];
+    avx2_if_available(&mut all);
+    if !std::ptr::eq(best, &PORTABLE) && !all.iter().any(|k| std::ptr::eq(*k, best)) {
+        all.push(best);
+    }
+    all
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+fn avx2_if_available(all: &mut Vec<&'static Kernels>) {
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("bmi2")
+    {
+        all.push(&avx2::KERNELS);
+    }
+}
+
+#[cfg(all(test, not(target_arch = "x86_64")))]
+fn avx2_if_available(_all: &mut Vec<&'static Kernels>) {}
