@@ -1,1 +1,14 @@
-//! burn custom ops (filled in by the ops work).
+//! burn custom ops: the LoRA-QAT linear `y = x · Q(W + s·B·A)ᵀ + bias` with exact
+//! straight-through gradients (DESIGN §2.4, §2.5), its plain-tensor reference, and the weight
+//! types it takes (dense or packed MXFP4 base, LoRA factors, quantizer).
+
+mod autodiff;
+mod linear;
+mod quant;
+mod reference;
+mod weight;
+
+pub use linear::{forward, lora_linear, LoraLinearBackend};
+pub use quant::{fake_quantize_slice, fake_quantize_tensor, merged_weight, quantized_weight};
+pub use reference::lora_linear_reference;
+pub use weight::{BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};
