@@ -1,1 +1,34 @@
-//! PEFT adapter directories.
+//! PEFT-exact LoRA adapter directories for gpt-oss: read, write, validate against a base model, and the LoRA
+//! delta math on plain slices (used by training, merge-export and verify without autodiff).
+//!
+//! Names follow the checkpoint (module paths such as `model.layers.0.self_attn.q_proj`), and tensor keys are
+//! PEFT's own (`base_model.model.<module path>.lora_A.weight`), so an adapter written here loads in PEFT and
+//! vLLM, and an adapter written by PEFT loads here.
+
+mod adapter;
+mod config;
+mod delta;
+mod error;
+pub mod json;
+mod keys;
+mod load;
+mod pattern;
+mod save;
+mod validate;
+
+pub use adapter::{AttentionLora, ExpertLora, LoraAdapter, Tensor, IN_MEMORY};
+pub use config::{AdapterConfig, TargetModules};
+pub use delta::{
+    add_attention_delta, add_expert_delta_packed, attention_delta, expert_delta_packed, reference,
+};
+pub use error::AdapterError;
+pub use keys::{
+    attention_key, attention_module, expert_key, expert_param, expert_targeted, AttnProj,
+    ExpertProj, Factor, PEFT_PREFIX,
+};
+pub use validate::BaseDims;
+
+/// File name of the adapter config inside an adapter directory.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// File name of the adapter weights inside an adapter directory.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
