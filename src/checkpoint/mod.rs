@@ -1,1 +1,25 @@
-//! Checkpoint I/O (filled in by the checkpoint work).
+//! Checkpoint I/O for gpt-oss in the release format: `config.json` (both styles), single-file
+//! or sharded safetensors read through `mmap` with validation, a streaming sharded writer, and
+//! hub repo ids resolved through the local Hugging Face cache.
+
+mod config;
+mod hub;
+mod index;
+mod json_fields;
+pub mod names;
+mod open;
+mod shard;
+mod spec;
+mod tensor;
+mod validate;
+pub mod writer;
+
+pub use config::{GptOssConfig, LayerType, QuantizationConfig, RopeConfig};
+pub use hub::{default_cache_root, parse_repo_id, resolve_in_cache, resolve_model};
+pub use index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
+pub use open::Checkpoint;
+pub use spec::{ExpertProj, TensorSpec, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+pub use tensor::{PackedExperts, TensorRef};
+
+/// Re-exported so callers name dtypes without depending on safetensors directly.
+pub use safetensors::Dtype;

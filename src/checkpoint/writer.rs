@@ -1,0 +1,448 @@
+//! Streaming writer for a sharded safetensors checkpoint + `model.safetensors.index.json`.
+//!
+//! Usage: [`ShardedWriter::create`] an output directory, optionally [`ShardedWriter::start_shard`]
+//! with an explicit file name (to reproduce a base's shard layout), [`ShardedWriter::add_tensor`]
+//! (or [`ShardedWriter::add_tensor_with`] to stream a tensor's bytes), add side files
+//! ([`ShardedWriter::write_file`], [`ShardedWriter::copy_file`]), then [`ShardedWriter::finish`].
+//!
+//! Memory stays bounded: each tensor's bytes go straight to a per-shard data file; when a shard
+//! closes, its header is written and the data appended to it (`std::io::copy`, in-kernel on
+//! Linux). Everything happens in a temporary sibling directory that is renamed into place by
+//! `finish`: the output appears complete or not at all, and a writer dropped without `finish`
+//! (an error on the way) removes its temporary directory. An existing output is only replaced
+//! when [`WriterOptions::overwrite`] is set.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use safetensors::Dtype;
+
+use super::index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
+use super::shard::byte_size;
+
+/// Options of a [`ShardedWriter`].
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// With automatic shard naming, a new shard starts when adding a tensor would take the current
+    /// one past this many data bytes (a single larger tensor gets a shard of its own).
+    pub max_shard_bytes: u64,
+    /// Replace an existing output directory (only once the new one is complete).
+    pub overwrite: bool,
+    /// `__metadata__` of every shard header (`{"format": "pt"}` by default, as transformers writes).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            max_shard_bytes: 5 << 30,
+            overwrite: false,
+            metadata: BTreeMap::from([("format".to_string(), "pt".to_string())]),
+        }
+    }
+}
+
+/// What [`ShardedWriter::finish`] wrote.
+#[derive(Debug, Clone)]
+pub struct WriteSummary {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// Shard file names in order.
+    pub shards: Vec<String>,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data (the index's `total_size`).
+    pub data_bytes: u64,
+}
+
+struct HeaderItem {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: u64,
+    end: u64,
+}
+
+struct OpenShard {
+    /// Final name (explicit) or `None` (automatic, named at `finish`).
+    name: Option<String>,
+    temp_name: String,
+    data_path: PathBuf,
+    data: BufWriter<File>,
+    items: Vec<HeaderItem>,
+    size: u64,
+}
+
+/// Writes a sharded safetensors checkpoint atomically; see the module docs.
+pub struct ShardedWriter {
+    out: PathBuf,
+    tmp: PathBuf,
+    opts: WriterOptions,
+    explicit: Option<bool>,
+    current: Option<OpenShard>,
+    /// (final name or None, temp file name) of closed shards, in order.
+    closed: Vec<(Option<String>, String)>,
+    weight_map: Vec<(String, usize)>,
+    names: HashSet<String>,
+    files: HashSet<String>,
+    data_bytes: u64,
+    finished: bool,
+}
+
+impl ShardedWriter {
+    /// Prepares writing to `out`; fails if `out` exists and `opts.overwrite` is not set.
+    pub fn create(out: &Path, opts: WriterOptions) -> Result<Self> {
+        if out.exists() && !opts.overwrite {
+            bail!(
+                "{} already exists; refusing to overwrite it (pass the overwrite option to replace it)",
+                out.display()
+            );
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let base = out
+            .file_name()
+            .with_context(|| format!("{} has no final path component", out.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+        }
+        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(Self {
+            out: out.to_path_buf(),
+            tmp,
+            opts,
+            explicit: None,
+            current: None,
+            closed: Vec::new(),
+            weight_map: Vec::new(),
+            names: HashSet::new(),
+            files: HashSet::new(),
+            data_bytes: 0,
+            finished: false,
+        })
+    }
+
+    /// Closes the current shard and sends the following tensors to `file_name` (explicit naming;
+    /// then every shard must be started this way).
+    pub fn start_shard(&mut self, file_name: &str) -> Result<()> {
+        check_file_name(file_name)?;
+        if self.explicit == Some(false) {
+            bail!("start_shard({file_name}) after tensors were added with automatic shard naming");
+        }
+        if file_name == INDEX_FILE || !self.files.insert(file_name.to_string()) {
+            bail!("shard file name {file_name} is already used");
+        }
+        self.explicit = Some(true);
+        self.close_current()?;
+        self.open_shard(Some(file_name.to_string()))
+    }
+
+    /// Adds a tensor to the current shard.
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        data: &[u8],
+    ) -> Result<()> {
+        self.add_tensor_with(name, dtype, shape, |w| {
+            w.write_all(data)?;
+            Ok(())
+        })
+    }
+
+    /// Adds a tensor whose bytes `fill` streams into the given writer; the number of bytes written
+    /// must equal what `dtype` and `shape` imply.
+    pub fn add_tensor_with<F>(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        fill: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(&mut dyn Write) -> Result<()>,
+    {
+        if name.is_empty() || name == "__metadata__" {
+            bail!("invalid tensor name {name:?}");
+        }
+        if !self.names.insert(name.to_string()) {
+            bail!("tensor `{name}` written twice");
+        }
+        let size = byte_size(dtype, shape).with_context(|| {
+            format!("tensor `{name}`: shape {shape:?} of {dtype:?} is not a whole number of bytes")
+        })? as u64;
+        if self.explicit.is_none() {
+            self.explicit = Some(false);
+        }
+        let roll = match &self.current {
+            None => true,
+            Some(s) => {
+                self.explicit == Some(false)
+                    && s.size > 0
+                    && s.size + size > self.opts.max_shard_bytes
+            }
+        };
+        if roll {
+            if self.explicit == Some(true) {
+                bail!("tensor `{name}` added before start_shard");
+            }
+            self.close_current()?;
+            self.open_shard(None)?;
+        }
+        let shard_no = self.closed.len();
+        let shard = self.current.as_mut().expect("a shard is open");
+        let mut counter = CountingWriter {
+            inner: &mut shard.data,
+            n: 0,
+        };
+        fill(&mut counter).with_context(|| format!("writing tensor `{name}`"))?;
+        if counter.n != size {
+            bail!(
+                "tensor `{name}`: {} bytes written, but {dtype:?} {shape:?} needs {size}",
+                counter.n
+            );
+        }
+        shard.items.push(HeaderItem {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            start: shard.size,
+            end: shard.size + size,
+        });
+        shard.size += size;
+        self.data_bytes += size;
+        self.weight_map.push((name.to_string(), shard_no));
+        Ok(())
+    }
+
+    /// Writes a side file (e.g. `config.json`) into the output.
+    pub fn write_file(&mut self, file_name: &str, bytes: &[u8]) -> Result<()> {
+        self.reserve_file(file_name)?;
+        let path = self.tmp.join(file_name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Copies `src` into the output as `file_name`.
+    pub fn copy_file(&mut self, src: &Path, file_name: &str) -> Result<()> {
+        self.reserve_file(file_name)?;
+        let dst = self.tmp.join(file_name);
+        std::fs::copy(src, &dst)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+        Ok(())
+    }
+
+    /// Closes the last shard, writes the index and moves the output into place.
+    pub fn finish(mut self) -> Result<WriteSummary> {
+        self.close_current()?;
+        if self.closed.is_empty() {
+            bail!("no tensors were written");
+        }
+        let n = self.closed.len();
+        let single = self.explicit == Some(false) && n == 1;
+        let mut finals = Vec::with_capacity(n);
+        for (i, (name, temp)) in self.closed.iter().enumerate() {
+            let fin = match name {
+                Some(f) => f.clone(),
+                None if single => SINGLE_FILE.to_string(),
+                None => format!("model-{:05}-of-{n:05}.safetensors", i + 1),
+            };
+            if self.files.contains(&fin) && name.is_none() {
+                bail!("side file {fin} clashes with a shard name");
+            }
+            if *temp != fin {
+                std::fs::rename(self.tmp.join(temp), self.tmp.join(&fin))
+                    .with_context(|| format!("cannot rename shard to {fin}"))?;
+            }
+            finals.push(fin);
+        }
+        if !single {
+            let index = ShardIndex {
+                metadata: BTreeMap::from([(
+                    "total_size".to_string(),
+                    serde_json::Value::from(self.data_bytes),
+                )]),
+                weight_map: self
+                    .weight_map
+                    .iter()
+                    .map(|(t, s)| (t.clone(), finals[*s].clone()))
+                    .collect(),
+            };
+            let json = serde_json::to_string_pretty(&index)?;
+            std::fs::write(self.tmp.join(INDEX_FILE), json + "\n")
+                .with_context(|| format!("cannot write {INDEX_FILE}"))?;
+        }
+        self.commit()?;
+        self.finished = true;
+        Ok(WriteSummary {
+            dir: self.out.clone(),
+            shards: finals,
+            tensors: self.weight_map.len(),
+            data_bytes: self.data_bytes,
+        })
+    }
+
+    fn commit(&self) -> Result<()> {
+        let old = self.tmp.with_file_name(format!(
+            "{}.old",
+            self.tmp.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let replacing = self.out.exists();
+        if replacing {
+            if !self.opts.overwrite {
+                bail!(
+                    "{} appeared while writing; refusing to overwrite it",
+                    self.out.display()
+                );
+            }
+            std::fs::rename(&self.out, &old)
+                .with_context(|| format!("cannot move the old {} aside", self.out.display()))?;
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.out) {
+            if replacing {
+                let _ = std::fs::rename(&old, &self.out);
+            }
+            return Err(e)
+                .with_context(|| format!("cannot move the output into {}", self.out.display()));
+        }
+        if replacing {
+            let removed = if old.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
+            removed
+                .with_context(|| format!("cannot remove the replaced output {}", old.display()))?;
+        }
+        Ok(())
+    }
+
+    fn reserve_file(&mut self, file_name: &str) -> Result<()> {
+        check_file_name(file_name)?;
+        if file_name == INDEX_FILE || !self.files.insert(file_name.to_string()) {
+            bail!("output file {file_name} is already used");
+        }
+        Ok(())
+    }
+
+    fn open_shard(&mut self, name: Option<String>) -> Result<()> {
+        let temp_name = match &name {
+            Some(n) => n.clone(),
+            None => format!(".shard-{:05}.safetensors", self.closed.len()),
+        };
+        let data_path = self
+            .tmp
+            .join(format!(".shard-{:05}.data", self.closed.len()));
+        let file = File::create(&data_path)
+            .with_context(|| format!("cannot create {}", data_path.display()))?;
+        self.current = Some(OpenShard {
+            name,
+            temp_name,
+            data_path,
+            data: BufWriter::with_capacity(1 << 20, file),
+            items: Vec::new(),
+            size: 0,
+        });
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> Result<()> {
+        let Some(shard) = self.current.take() else {
+            return Ok(());
+        };
+        let OpenShard {
+            name,
+            temp_name,
+            data_path,
+            data,
+            items,
+            ..
+        } = shard;
+        data.into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot flush {}", data_path.display()))?;
+        let path = self.tmp.join(&temp_name);
+        let mut out =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let header = header_bytes(&items, &self.opts.metadata)?;
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        let mut src = File::open(&data_path)?;
+        std::io::copy(&mut src, &mut out)
+            .with_context(|| format!("cannot assemble shard {}", path.display()))?;
+        out.sync_all()
+            .with_context(|| format!("cannot sync {}", path.display()))?;
+        std::fs::remove_file(&data_path)?;
+        self.closed.push((name, temp_name));
+        Ok(())
+    }
+}
+
+impl Drop for ShardedWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.current = None;
+            if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+                tracing::warn!("cannot remove partial output {}: {e}", self.tmp.display());
+            }
+        }
+    }
+}
+
+/// The JSON header (tensors in insertion order), padded with spaces to a multiple of 8 bytes.
+fn header_bytes(items: &[HeaderItem], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut obj = String::from("{");
+    let mut first = true;
+    if !metadata.is_empty() {
+        obj.push_str("\"__metadata__\":");
+        obj.push_str(&serde_json::to_string(metadata)?);
+        first = false;
+    }
+    for it in items {
+        if !first {
+            obj.push(',');
+        }
+        first = false;
+        let entry = serde_json::json!({
+            "dtype": it.dtype,
+            "shape": it.shape,
+            "data_offsets": [it.start, it.end],
+        });
+        obj.push_str(&serde_json::to_string(&it.name)?);
+        obj.push(':');
+        obj.push_str(&serde_json::to_string(&entry)?);
+    }
+    obj.push('}');
+    let mut bytes = obj.into_bytes();
+    while bytes.len() % 8 != 0 {
+        bytes.push(b' ');
+    }
+    Ok(bytes)
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
