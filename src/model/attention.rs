@@ -1,0 +1,86 @@
+//! gpt-oss attention (`self_attn`): q/k/v/o projections with biases, YaRN RoPE, grouped-query
+//! attention, per-head sinks (an extra softmax logit that is dropped), causal or sliding window.
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use kernels::ops::LoraLinearBackend;
+
+use super::linear::LoraLinear;
+use super::mask::AttentionPattern;
+use super::mode::ForwardMode;
+use super::rope::RopeTables;
+
+/// `model.layers.{l}.self_attn`.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[heads·head_dim, hidden]`.
+    pub q_proj: LoraLinear<B>,
+    /// `[kv_heads·head_dim, hidden]`.
+    pub k_proj: LoraLinear<B>,
+    /// `[kv_heads·head_dim, hidden]`.
+    pub v_proj: LoraLinear<B>,
+    /// `[hidden, heads·head_dim]`.
+    pub o_proj: LoraLinear<B>,
+    /// `[heads]`, frozen: the sink logit of each head.
+    pub sinks: Param<Tensor<B, 1>>,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (each serves `heads / kv_heads` query heads).
+    pub kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// Causal or sliding window.
+    pub pattern: AttentionPattern,
+}
+
+impl<B: LoraLinearBackend> Attention<B> {
+    /// `x [batch, seq, hidden] -> [batch, seq, hidden]`; `mask` is this layer's additive
+    /// `[1, 1, seq, seq]` mask (see [`AttentionPattern::additive_mask`]).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: &Tensor<B, 4>,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 3>> {
+        let [batch, seq, hidden] = x.dims();
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let rep = h / kv;
+        let x2 = x.reshape([batch * seq, hidden]);
+        let split =
+            |t: Tensor<B, 2>, heads: usize| t.reshape([batch, seq, heads, d]).swap_dims(1, 2);
+        let q = rope.apply(split(self.q_proj.forward(x2.clone(), mode)?, h));
+        let k = rope.apply(split(self.k_proj.forward(x2.clone(), mode)?, kv));
+        let v = split(self.v_proj.forward(x2, mode)?, kv);
+
+        // query head i·rep + j uses kv head i: group the rep query heads of a kv head together
+        let q = q.reshape([batch, kv, rep * seq, d]);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((d as f64).powf(-0.5))
+            .reshape([batch, h, seq, seq])
+            + mask.clone();
+        let sinks = self.sinks.val().reshape([1, h, 1, 1]);
+        // softmax over [scores, sink] without materializing the extra column
+        let row_max = scores
+            .clone()
+            .max_dim(3)
+            .max_pair(sinks.clone().expand([batch, h, seq, 1]))
+            .detach();
+        let e = (scores - row_max.clone()).exp();
+        let denom = e.clone().sum_dim(3) + (sinks - row_max).exp();
+        let probs = e / denom;
+
+        let out = probs
+            .reshape([batch, kv, rep * seq, seq])
+            .matmul(v)
+            .reshape([batch, h, seq, d])
+            .swap_dims(1, 2)
+            .reshape([batch * seq, h * d]);
+        Ok(self
+            .o_proj
+            .forward(out, mode)?
+            .reshape([batch, seq, hidden]))
+    }
+}

@@ -1,0 +1,121 @@
+//! The experts of one layer (`mlp.experts`): packed MXFP4 weights decoded per expert, biases,
+//! optional per-expert LoRA (PEFT stacking), computed grouped by expert.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Tensor};
+use kernels::ops::{BaseWeight, LoraLinearBackend, PackedWeight};
+
+use super::grouping::ExpertGroups;
+use super::lora::LoraPair;
+use super::mode::ForwardMode;
+use super::router::Routing;
+use super::swiglu::swiglu;
+
+/// One projection (`gate_up_proj` or `down_proj`) of all experts of a layer.
+#[derive(Module, Debug)]
+pub struct ExpertProjection<B: Backend> {
+    /// Per expert, the packed `[out, in]` weight (stays packed; decoded when used).
+    pub packed: Vec<Arc<dyn PackedWeight>>,
+    /// `[experts, out]`, frozen (`*_bias`).
+    pub bias: Param<Tensor<B, 2>>,
+    /// The stacked adapter (`A [r·E, in]`, `B [out, r·E]`), when targeted.
+    pub lora: Option<LoraPair<B>>,
+}
+
+impl<B: Backend> ExpertProjection<B> {
+    /// A frozen projection: one packed weight per expert, and the `[experts, out]` biases.
+    pub fn new(packed: Vec<Arc<dyn PackedWeight>>, bias: Tensor<B, 2>) -> Self {
+        Self {
+            packed,
+            bias: super::frozen(bias),
+            lora: None,
+        }
+    }
+
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// `[out, in]` of every expert (all equal; `[0, 0]` with no experts).
+    pub fn shape(&self) -> [usize; 2] {
+        self.packed.first().map_or([0, 0], |p| p.shape())
+    }
+}
+
+impl<B: LoraLinearBackend> ExpertProjection<B> {
+    /// Expert `e` on its tokens `x [n, in] -> [n, out]`.
+    pub fn forward_expert(
+        &self,
+        x: Tensor<B, 2>,
+        e: usize,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 2>> {
+        let [_, out] = self.bias.dims();
+        let base = BaseWeight::Packed(Arc::clone(&self.packed[e]));
+        let bias = self.bias.val().narrow(0, e, 1).reshape([out]);
+        let lora = self.lora.as_ref().map(|l| l.expert(e, self.experts()));
+        let quant = mode.expert_quantizer(lora.is_some());
+        mode.linear(x, &base, Some(bias), lora.as_ref(), quant)
+            .with_context(|| format!("expert {e} ({:?})", self.lora.as_ref().map(|l| &l.key)))
+    }
+}
+
+/// `model.layers.{l}.mlp.experts`.
+#[derive(Module, Debug)]
+pub struct Experts<B: Backend> {
+    /// `[2I, H]` per expert, rows interleaved gate/up.
+    pub gate_up_proj: ExpertProjection<B>,
+    /// `[H, I]` per expert.
+    pub down_proj: ExpertProjection<B>,
+    /// SwiGLU clamp (`swiglu_limit`, 7).
+    pub limit: f32,
+}
+
+impl<B: LoraLinearBackend> Experts<B> {
+    /// `x [tokens, hidden]` routed by `routing` -> `[tokens, hidden]`: each expert runs only on
+    /// its tokens, outputs are weighted by the router scores and summed back per token.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        routing: Routing<B>,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 2>> {
+        let [tokens, hidden] = x.dims();
+        let [_, top_k] = routing.scores.dims();
+        let groups = ExpertGroups::new(
+            &routing.experts,
+            top_k,
+            self.gate_up_proj.experts(),
+            &x.device(),
+        )?;
+        let scores = routing.scores.reshape([tokens * top_k]);
+        let mut outputs = Vec::with_capacity(groups.groups.len());
+        for g in &groups.groups {
+            let xe = x.clone().select(0, g.tokens.clone());
+            let h = self.gate_up_proj.forward_expert(xe, g.expert, mode)?;
+            let y = self
+                .down_proj
+                .forward_expert(swiglu(h, self.limit), g.expert, mode)?;
+            let w = scores
+                .clone()
+                .select(0, g.slots.clone())
+                .unsqueeze_dim::<2>(1);
+            outputs.push(y * w);
+        }
+        let zeros = Tensor::<B, 2>::zeros([tokens, hidden], &x.device());
+        if outputs.is_empty() {
+            return Ok(zeros);
+        }
+        Ok(zeros.select_assign(
+            0,
+            groups.order,
+            Tensor::cat(outputs, 0),
+            IndexingUpdateOp::Add,
+        ))
+    }
+}

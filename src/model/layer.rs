@@ -1,0 +1,51 @@
+//! One decoder layer: pre-norm attention and pre-norm MoE, both residual.
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use kernels::ops::LoraLinearBackend;
+
+use super::attention::Attention;
+use super::mlp::Mlp;
+use super::mode::ForwardMode;
+use super::rms_norm::RmsNorm;
+use super::rope::RopeTables;
+
+/// `model.layers.{l}`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// `input_layernorm`.
+    pub input_layernorm: RmsNorm<B>,
+    /// `self_attn`.
+    pub self_attn: Attention<B>,
+    /// `post_attention_layernorm`.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// `mlp`.
+    pub mlp: Mlp<B>,
+    /// Layer index (for error messages).
+    pub index: usize,
+}
+
+impl<B: LoraLinearBackend> DecoderLayer<B> {
+    /// `[batch, seq, hidden] -> [batch, seq, hidden]`; `mask` is this layer's attention mask.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: &Tensor<B, 4>,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 3>> {
+        let l = self.index;
+        let h = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), rope, mask, mode)
+            .with_context(|| format!("layer {l} attention"))?;
+        let x = x + h;
+        let h = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()), mode)
+            .with_context(|| format!("layer {l} experts"))?;
+        Ok(x + h)
+    }
+}

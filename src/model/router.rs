@@ -1,0 +1,124 @@
+//! The top-k router (`mlp.router`): `logits = x·Wᵀ + b`, top-k, softmax over the k selected logits.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// Per row of `logits [rows, experts]`, the `k` largest entries' indices, by descending value
+/// (ties: lower index first). Errors on a non-finite logit or `k > experts`.
+pub fn top_k_rows(logits: &[f32], experts: usize, k: usize) -> anyhow::Result<Vec<i64>> {
+    anyhow::ensure!(
+        (1..=experts).contains(&k),
+        "top-k of {k} over {experts} experts"
+    );
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "router logit of token {} expert {} is {} (non-finite)",
+            i / experts,
+            i % experts,
+            logits[i]
+        );
+    }
+    let mut out = Vec::with_capacity(logits.len() / experts * k);
+    let mut order: Vec<usize> = Vec::with_capacity(experts);
+    for row in logits.chunks_exact(experts) {
+        order.clear();
+        order.extend(0..experts);
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        out.extend(order[..k].iter().map(|&e| e as i64));
+    }
+    Ok(out)
+}
+
+/// `mlp.router`: frozen `weight [experts, hidden]` and `bias [experts]`.
+#[derive(Module, Debug)]
+pub struct Router<B: Backend> {
+    /// `[experts, hidden]`, frozen.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[experts]`, frozen.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Experts chosen per token.
+    pub top_k: usize,
+}
+
+/// The routing decision for `tokens` rows.
+#[derive(Debug, Clone)]
+pub struct Routing<B: Backend> {
+    /// `[tokens · top_k]` expert ids, row-major, on the host (each row by descending logit).
+    pub experts: Vec<i64>,
+    /// The same ids as a `[tokens, top_k]` tensor.
+    pub indices: Tensor<B, 2, Int>,
+    /// `[tokens, top_k]` softmax over the selected logits (differentiable w.r.t. the input).
+    pub scores: Tensor<B, 2>,
+}
+
+impl<B: Backend> Router<B> {
+    /// A router over the given (frozen) weights.
+    pub fn new(weight: Tensor<B, 2>, bias: Tensor<B, 1>, top_k: usize) -> Self {
+        Self {
+            weight: super::frozen(weight),
+            bias: super::frozen(bias),
+            top_k,
+        }
+    }
+
+    /// Routes `x [tokens, hidden]`. The top-k choice is made on the host (the expert grouping
+    /// needs it there anyway); errors on non-finite router logits.
+    pub fn forward(&self, x: Tensor<B, 2>) -> anyhow::Result<Routing<B>> {
+        let logits = x.matmul(self.weight.val().transpose()) + self.bias.val().unsqueeze::<2>();
+        let [tokens, experts] = logits.dims();
+        let host: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
+        let chosen = top_k_rows(&host, experts, self.top_k)?;
+        let indices = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(chosen.clone(), [tokens, self.top_k]),
+            &logits.device(),
+        );
+        let selected = logits.gather(1, indices.clone());
+        Ok(Routing {
+            experts: chosen,
+            indices,
+            scores: softmax(selected, 1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn top_k_by_hand() {
+        let l = [0.5, 2.0, -1.0, 2.0, 3.0, 1.0, 0.0, 0.0];
+        assert_eq!(top_k_rows(&l, 4, 2).unwrap(), vec![1, 3, 0, 1]);
+        assert!(top_k_rows(&[f32::NAN, 0.0], 2, 1).is_err());
+        assert!(top_k_rows(&[0.0, 0.0], 2, 3).is_err());
+    }
+
+    #[test]
+    fn picks_top_k_and_normalizes_over_them() {
+        let dev = Default::default();
+        // 3 experts over hidden 2; token (1, 0) gives logits [1, 3, 2] + bias [0, 0, 0.5]
+        let w = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 3.0, 0.0, 2.0, 0.0], [3, 2]),
+            &dev,
+        );
+        let b = Tensor::<Flex, 1>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.5], [3]), &dev);
+        let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &dev);
+        let r = Router::new(w, b, 2).forward(x).unwrap();
+        assert_eq!(r.experts, vec![1, 2]);
+        let mut pairs: Vec<(i64, f32)> = r
+            .indices
+            .into_data()
+            .iter::<i64>()
+            .zip(r.scores.into_data().iter::<f32>())
+            .collect();
+        pairs.sort_by_key(|p| p.0);
+        // logits 3 and 2.5 selected: softmax = [1/(1+e^-0.5), e^-0.5/(1+e^-0.5)]
+        let p1 = 1.0 / (1.0 + (-0.5f32).exp());
+        assert_eq!(pairs[0].0, 1);
+        assert_eq!(pairs[1].0, 2);
+        assert!((pairs[0].1 - p1).abs() < 1e-6 && (pairs[1].1 - (1.0 - p1)).abs() < 1e-6);
+    }
+}
