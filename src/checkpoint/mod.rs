@@ -3,11 +3,14 @@
 //! hub repo ids resolved through the local Hugging Face cache.
 
 mod config;
+mod estimate;
 mod hub;
 mod index;
 mod json_fields;
 pub mod names;
 mod open;
+pub mod report;
+mod scan;
 mod shard;
 mod spec;
 mod tensor;
@@ -15,9 +18,11 @@ mod validate;
 pub mod writer;
 
 pub use config::{GptOssConfig, LayerType, QuantizationConfig, RopeConfig};
+pub use estimate::{release_bytes_by_dtype, DtypeBytes, TrainingEstimate};
 pub use hub::{default_cache_root, parse_repo_id, resolve_in_cache, resolve_model};
 pub use index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
 pub use open::Checkpoint;
+pub use scan::{DataScan, TensorScan, PLAUSIBLE_SCALES};
 pub use spec::{ExpertProj, TensorSpec, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 pub use tensor::{PackedExperts, TensorRef};
 

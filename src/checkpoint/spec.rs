@@ -152,10 +152,11 @@ impl GptOssConfig {
             .sum()
     }
 
-    /// Parameters used per token: everything except the experts not routed to
-    /// (`num_local_experts - experts_per_token` of each layer's expert weights and biases).
+    /// Parameters used per token, counted as the gpt-oss model card does: everything except
+    /// the embedding table (a lookup, not a matmul) and the experts not routed to
+    /// (`num_local_experts - experts_per_token` per layer, weights and biases).
     pub fn active_param_count(&self) -> u64 {
-        let total = self.param_count();
+        let total = self.param_count() - (self.vocab_size * self.hidden_size) as u64;
         let per_expert: u64 = ExpertProj::ALL
             .iter()
             .map(|p| {
