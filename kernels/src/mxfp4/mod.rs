@@ -101,3 +101,6 @@ fn first_error(a: Result<(), CodecError>, b: Result<(), CodecError>) -> Result<(
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
