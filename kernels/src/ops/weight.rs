@@ -38,7 +38,7 @@ impl OwnedPacked {
         scales: impl Into<Arc<[u8]>>,
     ) -> Result<Self, CodecError> {
         let [rows, cols] = shape;
-        if cols % mxfp4::BLOCK != 0 {
+        if !cols.is_multiple_of(mxfp4::BLOCK) {
             return Err(CodecError::Length {
                 what: "packed weight `in` (must be a multiple of 32)",
                 expected: cols.next_multiple_of(mxfp4::BLOCK),
