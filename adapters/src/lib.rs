@@ -7,6 +7,7 @@
 
 mod adapter;
 mod config;
+mod config_parse;
 mod delta;
 mod error;
 pub mod json;

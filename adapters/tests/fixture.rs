@@ -71,3 +71,80 @@ fn loads_with_expected_layout() {
     sorted.sort();
     assert_eq!(keys, sorted, "tensors() is in key order");
 }
+
+#[test]
+fn from_parts_checks_consistency() {
+    let ad = LoraAdapter::load(&fixture()).unwrap();
+    let parts = || {
+        ad.tensors()
+            .map(|(k, s, d)| (k.to_string(), s.to_vec(), d.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let rebuilt = LoraAdapter::from_parts(ad.config().clone(), parts()).unwrap();
+    assert!(rebuilt.tensors().eq(ad.tensors()));
+    let mut bad = parts();
+    bad[0].2.pop();
+    let msg = LoraAdapter::from_parts(ad.config().clone(), bad)
+        .unwrap_err()
+        .to_string();
+    let first = ad.tensors().next().unwrap().0;
+    assert!(
+        msg.contains(adapters::IN_MEMORY) && msg.contains(first) && msg.contains("does not fit"),
+        "{msg}"
+    );
+}
+
+/// What training does: a fresh PEFT-style config, tensors named with the key builders, saved, reloaded.
+#[test]
+fn built_adapter_round_trips() {
+    use adapters::{attention_key, expert_key, AdapterConfig, Factor};
+    let (r, e) = (2, 8);
+    let cfg = AdapterConfig::new_gpt_oss(
+        r,
+        16.0,
+        vec!["q_proj".into(), "o_proj".into()],
+        vec![
+            "layers.1.mlp.experts.gate_up_proj".into(),
+            "layers.1.mlp.experts.down_proj".into(),
+        ],
+    );
+    let mut ts = Vec::new();
+    for (p, i, o) in [(AttnProj::Q, 64, 96), (AttnProj::O, 96, 64)] {
+        ts.push((
+            attention_key(1, p, Factor::A),
+            vec![r, i],
+            vec![0.25; r * i],
+        ));
+        ts.push((
+            attention_key(1, p, Factor::B),
+            vec![o, r],
+            vec![-0.5; o * r],
+        ));
+    }
+    for (p, i, o) in [(ExpertProj::GateUp, 64, 192), (ExpertProj::Down, 96, 64)] {
+        ts.push((
+            expert_key(1, p, true, Factor::A),
+            vec![r * e, i],
+            vec![1.0; r * e * i],
+        ));
+        ts.push((
+            expert_key(1, p, true, Factor::B),
+            vec![o, r * e],
+            vec![2.0; o * r * e],
+        ));
+    }
+    let ad = LoraAdapter::from_parts(cfg, ts).unwrap();
+    ad.validate(&DIMS).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    ad.save(&tmp.path().join("out"), false).unwrap();
+    let back = LoraAdapter::load(&tmp.path().join("out")).unwrap();
+    back.validate(&DIMS).unwrap();
+    assert_eq!(back.config(), ad.config());
+    let gu = back.experts(1, ExpertProj::GateUp).unwrap();
+    assert_eq!(
+        (gu.in_features, gu.out_features, gu.experts, gu.scale),
+        (64, 192, 8, 8.0)
+    );
+    assert!(back.attention(1, AttnProj::K).is_none());
+    assert_eq!(back.attention(1, AttnProj::O).unwrap().b[0], -0.5);
+}
