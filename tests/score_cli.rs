@@ -1,0 +1,324 @@
+//! `lora-qat score` end to end (the binary): parity with the golden logits/losses, bad inputs
+//! with clear errors, and the no-overwrite rule.
+
+mod model_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use model_support::*;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+fn write_tensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), path).unwrap();
+}
+
+fn i64_bytes(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `input_ids` (and `labels` when asked) of the golden batch, written to `dir/name`.
+fn input_file(dir: &Path, name: &str, with_labels: bool) -> PathBuf {
+    let g = Golden::load();
+    let (ids, b, s) = g.ids("input_ids");
+    let (labels, _, _) = g.ids("labels");
+    let path = dir.join(name);
+    let mut t = vec![("input_ids", Dtype::I64, vec![b, s], i64_bytes(ids))];
+    if with_labels {
+        t.push(("labels", Dtype::I64, vec![b, s], i64_bytes(labels)));
+    }
+    write_tensors(&path, &t);
+    path
+}
+
+fn score(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lora-qat"))
+        .arg("score")
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn base() -> String {
+    fixture().join("base").display().to_string()
+}
+
+fn adapter() -> String {
+    fixture().join("adapter").display().to_string()
+}
+
+fn read_output(path: &Path) -> (Vec<usize>, Vec<f32>, f32, Option<HashMap<String, String>>) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let v = st.tensor(name).unwrap();
+        assert_eq!(v.dtype(), Dtype::F32, "{name} dtype");
+        let vals = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (v.shape().to_vec(), vals)
+    };
+    let (shape, logits) = f32s("logits");
+    let (loss_shape, loss) = f32s("loss");
+    assert_eq!(loss_shape, vec![1]);
+    (shape, logits, loss[0], meta.metadata().clone())
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "score failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_err(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "score should fail; stderr: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
+
+fn check_parity(extra: &[&str], logits_key: &str, loss_key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), "ids.safetensors", true);
+    let out = dir.path().join("out.safetensors");
+    let b = base();
+    let mut args = vec![
+        "--base",
+        &b,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    assert_ok(&score(&args));
+    let g = Golden::load();
+    let (shape, logits, loss, meta) = read_output(&out);
+    assert_eq!(shape, vec![2, 24, 384]);
+    let diff = max_abs_diff(&logits, g.f32(logits_key));
+    assert!(diff <= LOGITS_TOL, "{logits_key}: max abs diff {diff}");
+    let want = g.f32(loss_key)[0];
+    assert!(
+        ((loss - want) / want).abs() <= LOSS_REL_TOL,
+        "{loss_key}: {loss} vs {want}"
+    );
+    assert_eq!(meta.unwrap().get("format").map(String::as_str), Some("pt"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 2, "only the input and the output remain");
+}
+
+#[test]
+fn base_scores_like_transformers() {
+    check_parity(&[], "logits_base", "loss_base");
+}
+
+#[test]
+fn adapter_quant_none_scores_like_peft() {
+    let a = adapter();
+    check_parity(
+        &["--adapter", &a, "--quant", "none"],
+        "logits_lora",
+        "loss_lora",
+    );
+}
+
+#[test]
+fn adapter_default_quant_is_the_qat_forward() {
+    let a = adapter();
+    check_parity(&["--adapter", &a], "logits_qat", "loss_qat");
+}
+
+#[test]
+fn without_labels_the_input_ids_are_the_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = input_file(dir.path(), "with.safetensors", true);
+    let without = input_file(dir.path(), "without.safetensors", false);
+    let (o1, o2) = (dir.path().join("o1"), dir.path().join("o2"));
+    let b = base();
+    assert_ok(&score(&[
+        "--base",
+        &b,
+        "--input",
+        with.to_str().unwrap(),
+        "--out",
+        o1.to_str().unwrap(),
+    ]));
+    assert_ok(&score(&[
+        "--base",
+        &b,
+        "--input",
+        without.to_str().unwrap(),
+        "--out",
+        o2.to_str().unwrap(),
+    ]));
+    let (_, l1, loss1, _) = read_output(&o1);
+    let (_, l2, loss2, _) = read_output(&o2);
+    assert_eq!(l1, l2, "labels do not change the logits");
+    // more tokens are counted without the -100 prefix, so the mean differs
+    assert!(loss1.is_finite() && loss2.is_finite() && loss1 != loss2);
+}
+
+#[test]
+fn refuses_to_overwrite_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), "ids.safetensors", true);
+    let out = dir.path().join("out.safetensors");
+    std::fs::write(&out, b"keep me").unwrap();
+    let b = base();
+    let args = [
+        "--base",
+        &b,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_err(&score(&args), &["exists", "--overwrite"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    let mut args = args.to_vec();
+    args.push("--overwrite");
+    assert_ok(&score(&args));
+    assert_eq!(read_output(&out).0, vec![2, 24, 384]);
+}
+
+#[test]
+fn bad_inputs_name_the_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let b = base();
+    let run = |input: &Path| {
+        score(&[
+            "--base",
+            &b,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let ids: Vec<i64> = (0..6).collect();
+
+    let missing = dir.path().join("missing.safetensors");
+    write_tensors(
+        &missing,
+        &[("tokens", Dtype::I64, vec![1, 6], i64_bytes(&ids))],
+    );
+    assert_err(&run(&missing), &["missing.safetensors", "input_ids"]);
+
+    let wrong_dtype = dir.path().join("f32.safetensors");
+    let f: Vec<u8> = ids.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+    write_tensors(&wrong_dtype, &[("input_ids", Dtype::F32, vec![1, 6], f)]);
+    assert_err(&run(&wrong_dtype), &["f32.safetensors", "input_ids", "I64"]);
+
+    let wrong_rank = dir.path().join("rank.safetensors");
+    write_tensors(
+        &wrong_rank,
+        &[("input_ids", Dtype::I64, vec![6], i64_bytes(&ids))],
+    );
+    assert_err(
+        &run(&wrong_rank),
+        &["rank.safetensors", "input_ids", "[batch, seq]"],
+    );
+
+    let out_of_vocab = dir.path().join("vocab.safetensors");
+    write_tensors(
+        &out_of_vocab,
+        &[("input_ids", Dtype::I64, vec![1, 2], i64_bytes(&[3, 384]))],
+    );
+    assert_err(
+        &run(&out_of_vocab),
+        &["input_ids[0, 1]", "384", "vocabulary"],
+    );
+
+    let bad_labels = dir.path().join("labels.safetensors");
+    write_tensors(
+        &bad_labels,
+        &[
+            ("input_ids", Dtype::I64, vec![1, 6], i64_bytes(&ids)),
+            ("labels", Dtype::I64, vec![2, 3], i64_bytes(&ids)),
+        ],
+    );
+    assert_err(
+        &run(&bad_labels),
+        &["labels.safetensors", "labels", "[1, 6]"],
+    );
+
+    let label_out_of_vocab = dir.path().join("label_vocab.safetensors");
+    write_tensors(
+        &label_out_of_vocab,
+        &[
+            ("input_ids", Dtype::I64, vec![1, 3], i64_bytes(&[1, 2, 3])),
+            ("labels", Dtype::I64, vec![1, 3], i64_bytes(&[1, -100, 999])),
+        ],
+    );
+    assert_err(&run(&label_out_of_vocab), &["labels", "999"]);
+
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file").unwrap();
+    assert_err(&run(&garbage), &["garbage.safetensors"]);
+    assert!(!out.exists(), "nothing is written on error");
+}
+
+#[test]
+fn adapter_not_matching_the_base_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), "ids.safetensors", true);
+    let out = dir.path().join("out.safetensors");
+    // the fixture adapter with layer 0's q_proj lora_A cut to 32 input features (the base has 64)
+    let bad = dir.path().join("adapter");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::copy(
+        fixture().join("adapter/adapter_config.json"),
+        bad.join("adapter_config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(fixture().join("adapter/adapter_model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+    let mut tensors = Vec::new();
+    for (name, view) in st.tensors() {
+        let (shape, data) = if name == key {
+            let rows: Vec<u8> = view
+                .data()
+                .chunks_exact(64 * 4)
+                .flat_map(|r| r[..32 * 4].to_vec())
+                .collect();
+            (vec![4, 32], rows)
+        } else {
+            (view.shape().to_vec(), view.data().to_vec())
+        };
+        tensors.push((name, shape, data));
+    }
+    let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), Dtype::F32, s.clone(), d.clone()))
+        .collect();
+    write_tensors(&bad.join("adapter_model.safetensors"), &owned);
+    let b = base();
+    let out_s = out.to_str().unwrap();
+    let args = [
+        "--base",
+        &b,
+        "--adapter",
+        bad.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out_s,
+    ];
+    assert_err(&score(&args), &["q_proj.lora_A"]);
+    assert!(!out.exists());
+}
