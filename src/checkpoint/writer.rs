@@ -90,6 +90,7 @@ pub struct ShardedWriter {
     files: HashSet<String>,
     data_bytes: u64,
     finished: bool,
+    poisoned: bool,
 }
 
 impl ShardedWriter {
@@ -130,6 +131,7 @@ impl ShardedWriter {
             files: HashSet::new(),
             data_bytes: 0,
             finished: false,
+            poisoned: false,
         })
     }
 
@@ -174,6 +176,9 @@ impl ShardedWriter {
     where
         F: FnOnce(&mut dyn Write) -> Result<()>,
     {
+        if self.poisoned {
+            bail!("the writer failed earlier and cannot continue");
+        }
         if name.is_empty() || name == "__metadata__" {
             bail!("invalid tensor name {name:?}");
         }
@@ -207,12 +212,22 @@ impl ShardedWriter {
             inner: &mut shard.data,
             n: 0,
         };
-        fill(&mut counter).with_context(|| format!("writing tensor `{name}`"))?;
-        if counter.n != size {
-            bail!(
-                "tensor `{name}`: {} bytes written, but {dtype:?} {shape:?} needs {size}",
-                counter.n
-            );
+        let filled = fill(&mut counter).with_context(|| format!("writing tensor `{name}`"));
+        let written = counter.n;
+        let outcome = filled.and_then(|()| {
+            if written != size {
+                bail!("tensor `{name}`: {written} bytes written, but {dtype:?} {shape:?} needs {size}");
+            }
+            Ok(())
+        });
+        if let Err(e) = outcome {
+            // Drop the partial bytes so the writer stays consistent (the caller may go on).
+            self.names.remove(name);
+            if let Err(r) = rollback(shard) {
+                self.poisoned = true;
+                return Err(e.context(format!("and the shard could not be rolled back: {r}")));
+            }
+            return Err(e);
         }
         shard.items.push(HeaderItem {
             name: name.to_string(),
@@ -245,6 +260,9 @@ impl ShardedWriter {
 
     /// Closes the last shard, writes the index and moves the output into place.
     pub fn finish(mut self) -> Result<WriteSummary> {
+        if self.poisoned {
+            bail!("the writer failed earlier; nothing was written");
+        }
         self.close_current()?;
         if self.closed.is_empty() {
             bail!("no tensors were written");
@@ -387,6 +405,16 @@ impl ShardedWriter {
         self.closed.push((name, temp_name));
         Ok(())
     }
+}
+
+/// Truncates the shard's data file back to the bytes of its complete tensors.
+fn rollback(shard: &mut OpenShard) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    shard.data.flush()?;
+    let file = shard.data.get_mut();
+    file.set_len(shard.size)?;
+    file.seek(SeekFrom::Start(shard.size))?;
+    Ok(())
 }
 
 impl Drop for ShardedWriter {
