@@ -54,7 +54,10 @@ fn adapter() -> String {
     fixture().join("adapter").display().to_string()
 }
 
-fn read_output(path: &Path) -> (Vec<usize>, Vec<f32>, f32, Option<HashMap<String, String>>) {
+/// `(logits shape, logits, loss, metadata)` of a score output file.
+type ScoreOutput = (Vec<usize>, Vec<f32>, f32, Option<HashMap<String, String>>);
+
+fn read_output(path: &Path) -> ScoreOutput {
     let bytes = std::fs::read(path).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();

@@ -86,7 +86,7 @@ fn attention<B: Backend>(
         LayerType::FullAttention => AttentionPattern::Causal,
     };
     ensure!(
-        c.num_key_value_heads > 0 && c.num_attention_heads % c.num_key_value_heads == 0,
+        c.num_key_value_heads > 0 && c.num_attention_heads.is_multiple_of(c.num_key_value_heads),
         "{} heads are not a multiple of {} key/value heads",
         c.num_attention_heads,
         c.num_key_value_heads
