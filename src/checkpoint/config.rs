@@ -161,11 +161,14 @@ impl GptOssConfig {
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
         ] {
-            if v % 32 != 0 {
+            if !v.is_multiple_of(32) {
                 bail!("field `{field}` = {v} is not a multiple of 32 (the MXFP4 block size of the experts)");
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
@@ -186,7 +189,7 @@ impl GptOssConfig {
                 self.num_hidden_layers
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim ({}) must be even for RoPE", self.head_dim);
         }
         if self.tie_word_embeddings {

@@ -453,7 +453,7 @@ fn header_bytes(items: &[HeaderItem], metadata: &BTreeMap<String, String>) -> Re
     }
     obj.push('}');
     let mut bytes = obj.into_bytes();
-    while bytes.len() % 8 != 0 {
+    while !bytes.len().is_multiple_of(8) {
         bytes.push(b' ');
     }
     Ok(bytes)
