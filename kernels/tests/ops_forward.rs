@@ -6,8 +6,12 @@
 mod support;
 
 use burn::backend::{Autodiff, Flex};
-use kernels::ops::{lora_linear, lora_linear_reference, LoraLinearBackend, Quantizer};
-use support::{all_cases, rel_l2, tensor2, values, widen, Case, Data};
+use kernels::mxfp4::CodecError;
+use kernels::ops::{
+    add_lora_delta, lora_linear, lora_linear_reference, quantized_weight, LoraLinearBackend,
+    Quantizer,
+};
+use support::{all_cases, rel_l2, tensor2, values, widen, Case, Data, Lcg};
 
 /// Runs both paths on backend `B` and returns (custom, reference) outputs.
 fn run<B: LoraLinearBackend>(case: &Case, data: &Data) -> (Vec<f32>, Vec<f32>) {
@@ -98,4 +102,92 @@ fn quantizers_change_the_output() {
         e_mxfp4 > 10.0 * e_bf16,
         "mxfp4 {e_mxfp4:e} vs bf16 {e_bf16:e}"
     );
+}
+
+/// With arbitrary (off-grid) values and a non-power-of-two scale, the QAT weight the op uses is
+/// bit for bit `Q(W + s·B·A)` with the documented merge arithmetic (k ascending, no FMA) and the
+/// codec's scalar reference: what export computes is what training used.
+#[test]
+fn qat_weight_is_bitwise_the_slice_merge() {
+    let device = Default::default();
+    for quant in [Quantizer::Bf16, Quantizer::Mxfp4] {
+        for packed in [false, true] {
+            let case = Case {
+                n: 1,
+                inp: 96,
+                out: 192,
+                r: 8,
+                scale: 0.7,
+                packed,
+                bias: false,
+                lora: true,
+                quant,
+            };
+            let mut data = Data::new(&case, 17);
+            let mut rng = Lcg::new(23);
+            data.a = rng.uniform(case.r * case.inp);
+            data.b = rng.uniform(case.out * case.r);
+            if !packed {
+                data.w = rng.uniform(case.out * case.inp);
+            }
+            // the merge alone, bit for bit (Q would hide most 1-ulp differences)
+            let mut merged = data.w.clone();
+            add_lora_delta(
+                &mut merged,
+                [case.out, case.inp],
+                &data.a,
+                &data.b,
+                case.r,
+                0.7,
+            )
+            .expect("lengths");
+            let plain = Data {
+                x: Vec::new(),
+                w: data.w.clone(),
+                packed: None,
+                a: data.a.clone(),
+                b: data.b.clone(),
+                bias: Vec::new(),
+                g: Vec::new(),
+            };
+            let unquantized = plain.expected_wq(&Case {
+                quant: Quantizer::None,
+                ..case
+            });
+            let differ = merged
+                .iter()
+                .zip(&unquantized)
+                .filter(|(g, w)| g.to_bits() != w.to_bits())
+                .count();
+            assert_eq!(differ, 0, "merge: {differ} elements differ: {case:?}");
+
+            let base = data.base::<Flex>(&case, &device);
+            let lora = data.lora::<Flex>(&case, &device);
+            let wq = quantized_weight(&base, lora.as_ref(), quant, &device).expect("finite");
+            let got: Vec<u32> = values(wq).iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = data
+                .expected_wq(&case)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+            assert_eq!(differ, 0, "{differ} elements differ: {case:?}");
+        }
+    }
+}
+
+#[test]
+fn add_lora_delta_checks_lengths() {
+    let mut w = vec![0f32; 6];
+    let err = add_lora_delta(&mut w, [2, 3], &[0.0; 5], &[0.0; 2], 2, 1.0).unwrap_err();
+    assert!(matches!(
+        err,
+        CodecError::Length {
+            expected: 6,
+            got: 5,
+            ..
+        }
+    ));
+    add_lora_delta(&mut w, [2, 3], &[1.0, 2.0, 3.0], &[0.5, -1.0], 1, 2.0).expect("lengths");
+    assert_eq!(w, [1.0, 2.0, 3.0, -2.0, -4.0, -6.0]);
 }

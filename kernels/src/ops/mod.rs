@@ -4,11 +4,13 @@
 
 mod autodiff;
 mod linear;
+mod merge;
 mod quant;
 mod reference;
 mod weight;
 
 pub use linear::{forward, lora_linear, LoraLinearBackend};
-pub use quant::{fake_quantize_slice, fake_quantize_tensor, merged_weight, quantized_weight};
+pub use merge::add_lora_delta;
+pub use quant::{fake_quantize_slice, merged_weight, quantized_weight};
 pub use reference::lora_linear_reference;
 pub use weight::{BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};

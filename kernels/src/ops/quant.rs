@@ -1,10 +1,12 @@
-//! Building `Wq = Q(W + s·B·A)` from burn tensors. The Q step goes through host data and the
-//! codec (the one quantizer shared with export); a device kernel can replace `fake_quantize_tensor`
-//! without changing its callers.
+//! Building `Wq = Q(W + s·B·A)` from burn tensors. With a quantizer, the merge and the Q step
+//! go through host data, [`add_lora_delta`] and the codec (the arithmetic and the quantizer
+//! shared with export); a device kernel can replace `quantized_weight` without changing its
+//! callers.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
 
+use super::merge::add_lora_delta;
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::bf16;
 use crate::mxfp4::{self, CodecError};
@@ -35,29 +37,6 @@ fn first_non_finite(values: &[f32]) -> Result<(), CodecError> {
     }
 }
 
-/// `quant` applied to a `[out, in]` tensor (through host memory; identity for `None`).
-pub fn fake_quantize_tensor<B: Backend>(
-    w: Tensor<B, 2>,
-    quant: Quantizer,
-) -> Result<Tensor<B, 2>, CodecError> {
-    if quant == Quantizer::None {
-        return Ok(w);
-    }
-    let device = w.device();
-    let data = w.into_data();
-    let dtype = data.dtype;
-    let mut data = if dtype == DType::F32 {
-        data
-    } else {
-        data.convert::<f32>()
-    };
-    let values = data
-        .as_mut_slice::<f32>()
-        .expect("TensorData converted to f32 has an f32 slice");
-    fake_quantize_slice(values, quant)?;
-    Ok(Tensor::from_data(data, (&device, dtype)))
-}
-
 /// `W + s·B·A` (or `W` without LoRA) as a tensor on `device`. Under autodiff the LoRA part is
 /// tracked, the base never is.
 pub fn merged_weight<B: Backend>(
@@ -72,14 +51,53 @@ pub fn merged_weight<B: Backend>(
     })
 }
 
-/// `Wq = Q(W + s·B·A)` on `device`, with no autodiff tracking intended (inner backends).
+/// `Wq = Q(W + s·B·A)` on `device`, untracked. For `Bf16`/`Mxfp4` the merge runs on host
+/// through [`add_lora_delta`] (the arithmetic export shares) and `Q` through the codec;
+/// `None` stays on the device (`W + (B·A)·s` in burn ops).
 pub fn quantized_weight<B: Backend>(
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
     quant: Quantizer,
     device: &B::Device,
 ) -> Result<Tensor<B, 2>, CodecError> {
-    fake_quantize_tensor(merged_weight(base, lora, device)?, quant)
+    if quant == Quantizer::None {
+        return merged_weight(base, lora, device);
+    }
+    let shape = base.shape();
+    let (mut values, dtype) = match base {
+        BaseWeight::Dense(w) => {
+            let (values, dtype) = host_f32(w.clone());
+            (values, Some(dtype))
+        }
+        BaseWeight::Packed(p) => {
+            let mut values = vec![0f32; shape[0] * shape[1]];
+            p.dequantize_into(&mut values)?;
+            (values, None)
+        }
+    };
+    if let Some(l) = lora {
+        let rank = l.a.dims()[0];
+        let (a, _) = host_f32(l.a.clone());
+        let (b, _) = host_f32(l.b.clone());
+        add_lora_delta(&mut values, shape, &a, &b, rank, l.scale)?;
+    }
+    fake_quantize_slice(&mut values, quant)?;
+    let data = TensorData::new(values, shape);
+    Ok(match dtype {
+        Some(dtype) => Tensor::from_data(data, (device, dtype)),
+        None => Tensor::from_data(data, device),
+    })
+}
+
+/// The values of a tensor as host f32, with its dtype.
+fn host_f32<B: Backend>(t: Tensor<B, 2>) -> (Vec<f32>, DType) {
+    let data = t.into_data();
+    let dtype = data.dtype;
+    let values = data
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("TensorData converted to f32 holds f32");
+    (values, dtype)
 }
 
 /// Checks that `x [n, in]`, the base `[out, in]` and the LoRA factors `A [r, in]`, `B [out, r]`

@@ -5,13 +5,14 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::quant::{check_shapes, fake_quantize_tensor, merged_weight};
+use super::quant::{check_shapes, merged_weight, quantized_weight};
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
 
 /// `y = x · Q(W + s·B·A)ᵀ + bias` with a straight-through Q: the weight used is
-/// `wq = (m - detach(m)) + Q(m)` with `m = W + s·B·A`, which equals `Q(m)` exactly in forward
-/// and has the gradient of `m` in backward.
+/// `wq = (m - detach(m)) + q` with `m = W + (B·A)·s` in burn ops (tracked) and `q` the exact
+/// `Q(W + s·B·A)` of [`quantized_weight`], so it equals `q` in forward and has the gradient of
+/// `m` in backward (the `.detach()` trick).
 ///
 /// Errors: [`CodecError::NonFinite`] when `Q` is `Bf16`/`Mxfp4` and `m` has a NaN/Inf,
 /// [`CodecError::Length`] on mismatched shapes or an MXFP4 `in` that is not a multiple of 32.
@@ -23,11 +24,12 @@ pub fn lora_linear_reference<B: Backend>(
     quant: Quantizer,
 ) -> Result<Tensor<B, 2>, CodecError> {
     check_shapes(x.dims(), base, bias.as_ref().map(|b| b.dims()[0]), lora)?;
-    let merged = merged_weight(base, lora, &x.device())?;
+    let device = x.device();
+    let merged = merged_weight(base, lora, &device)?;
     let wq = match quant {
         Quantizer::None => merged,
         _ => {
-            let q = fake_quantize_tensor(merged.clone().detach(), quant)?;
+            let q = quantized_weight(base, lora, quant, &device)?;
             merged.clone() - merged.detach() + q
         }
     };
