@@ -13,6 +13,7 @@ pub mod report;
 mod scan;
 mod shard;
 mod spec;
+mod st_header;
 mod tensor;
 mod validate;
 pub mod writer;

@@ -22,6 +22,7 @@ use safetensors::Dtype;
 
 use super::index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
 use super::shard::byte_size;
+use super::st_header::{header_bytes, CountingWriter, HeaderItem};
 
 /// Options of a [`ShardedWriter`].
 #[derive(Debug, Clone)]
@@ -56,14 +57,6 @@ pub struct WriteSummary {
     pub tensors: usize,
     /// Bytes of tensor data (the index's `total_size`).
     pub data_bytes: u64,
-}
-
-struct HeaderItem {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    start: u64,
-    end: u64,
 }
 
 struct OpenShard {
@@ -425,52 +418,5 @@ impl Drop for ShardedWriter {
                 tracing::warn!("cannot remove partial output {}: {e}", self.tmp.display());
             }
         }
-    }
-}
-
-/// The JSON header (tensors in insertion order), padded with spaces to a multiple of 8 bytes.
-fn header_bytes(items: &[HeaderItem], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-    let mut obj = String::from("{");
-    let mut first = true;
-    if !metadata.is_empty() {
-        obj.push_str("\"__metadata__\":");
-        obj.push_str(&serde_json::to_string(metadata)?);
-        first = false;
-    }
-    for it in items {
-        if !first {
-            obj.push(',');
-        }
-        first = false;
-        let entry = serde_json::json!({
-            "dtype": it.dtype,
-            "shape": it.shape,
-            "data_offsets": [it.start, it.end],
-        });
-        obj.push_str(&serde_json::to_string(&it.name)?);
-        obj.push(':');
-        obj.push_str(&serde_json::to_string(&entry)?);
-    }
-    obj.push('}');
-    let mut bytes = obj.into_bytes();
-    while !bytes.len().is_multiple_of(8) {
-        bytes.push(b' ');
-    }
-    Ok(bytes)
-}
-
-struct CountingWriter<'a, W: Write> {
-    inner: &'a mut W,
-    n: u64,
-}
-
-impl<W: Write> Write for CountingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let k = self.inner.write(buf)?;
-        self.n += k as u64;
-        Ok(k)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
