@@ -1,5 +1,5 @@
-//! Run-time CPU feature dispatch: the `generic` bodies compiled once per feature level inside
-//! `#[target_feature]` wrappers, the best level chosen once with `is_x86_feature_detected!`.
+//! Run-time CPU feature dispatch: one kernel set per feature level (`avx512`, `avx2`, portable
+//! `generic`), the best one chosen once with `is_x86_feature_detected!`.
 
 use super::generic;
 use std::sync::OnceLock;
@@ -14,63 +14,6 @@ pub(super) struct Kernels {
     pub fake_quantize: fn(&[f32], &mut [f32]) -> Result<(), usize>,
     pub fake_quantize_in_place: fn(&mut [f32]) -> Result<(), usize>,
 }
-
-/// Instantiates the generic bodies under one `#[target_feature]` set as a [`Kernels`].
-macro_rules! kernel_set {
-    ($modname:ident, $name:literal, $features:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        mod $modname {
-            use super::generic;
-
-            #[target_feature(enable = $features)]
-            fn quantize_tf(x: &[f32], b: &mut [u8], s: &mut [u8]) -> Result<(), usize> {
-                generic::quantize(x, b, s)
-            }
-            #[target_feature(enable = $features)]
-            fn dequantize_tf(b: &[u8], s: &[u8], out: &mut [f32]) {
-                generic::dequantize(b, s, out)
-            }
-            #[target_feature(enable = $features)]
-            fn fake_quantize_tf(x: &[f32], out: &mut [f32]) -> Result<(), usize> {
-                generic::fake_quantize(x, out)
-            }
-            #[target_feature(enable = $features)]
-            fn fake_quantize_in_place_tf(x: &mut [f32]) -> Result<(), usize> {
-                generic::fake_quantize_in_place(x)
-            }
-
-            // SAFETY (all four): this set is only selected after `is_x86_feature_detected!`
-            // confirmed every feature in `$features` (see `select`).
-            fn quantize(x: &[f32], b: &mut [u8], s: &mut [u8]) -> Result<(), usize> {
-                unsafe { quantize_tf(x, b, s) }
-            }
-            fn dequantize(b: &[u8], s: &[u8], out: &mut [f32]) {
-                unsafe { dequantize_tf(b, s, out) }
-            }
-            fn fake_quantize(x: &[f32], out: &mut [f32]) -> Result<(), usize> {
-                unsafe { fake_quantize_tf(x, out) }
-            }
-            fn fake_quantize_in_place(x: &mut [f32]) -> Result<(), usize> {
-                unsafe { fake_quantize_in_place_tf(x) }
-            }
-
-            pub(in super::super) const KERNELS: super::Kernels = super::Kernels {
-                name: $name,
-                quantize,
-                dequantize,
-                fake_quantize,
-                fake_quantize_in_place,
-            };
-        }
-    };
-}
-
-kernel_set!(
-    avx512,
-    "avx512",
-    "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi2"
-);
-kernel_set!(avx2, "avx2", "avx2,fma,bmi2");
 
 /// The portable kernels (whatever the compile-time target allows).
 pub(super) const PORTABLE: Kernels = Kernels {
@@ -93,16 +36,10 @@ fn select() -> &'static Kernels {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512dq")
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("bmi2")
     {
-        &avx512::KERNELS
-    } else if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("bmi2")
-    {
-        &avx2::KERNELS
+        &super::avx512::KERNELS
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        &super::avx2::KERNELS
     } else {
         &PORTABLE
     }
@@ -128,11 +65,8 @@ pub(super) fn available() -> Vec<&'static Kernels> {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 fn avx2_if_available(all: &mut Vec<&'static Kernels>) {
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("bmi2")
-    {
-        all.push(&avx2::KERNELS);
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        all.push(&super::avx2::KERNELS);
     }
 }
 

@@ -5,6 +5,10 @@
 //! - [`fast`]: single-threaded vectorized kernels (run-time CPU feature dispatch);
 //! - the top-level functions split the work over rayon and call [`fast`].
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dispatch;
 mod error;
 pub mod fast;
