@@ -1,6 +1,6 @@
 //! AVX-512 kernels (x86_64): the same exact algorithm as `generic`, written with intrinsics.
-//! Codes: 7 unsigned compares of |x| bits with the per-exponent thresholds (masked adds); sign
-//! only with a non-zero code; packing by a 64-bit shift and `vpmovqb`; decoding by `vpermps`
+//! Codes: binary search of |x| bits among the per-exponent thresholds (`vpermd` + unsigned
+//! compares); sign only with a non-zero code; packing by a 64-bit shift and `vpmovqb`; decoding by `vpermps`
 //! from the 16-entry `DECODE` row of the scale.
 
 use super::dispatch::Kernels;
@@ -21,20 +21,22 @@ pub(super) const KERNELS: Kernels = Kernels {
 const ABS: i32 = 0x7FFF_FFFF;
 const NON_FINITE: u32 = 0x7F80_0000;
 
-/// Nibbles (code | sign << 3) of 16 elements given their bits and the broadcast thresholds.
+/// Nibbles (code | sign << 3) of 16 elements given their bits and the thresholds row (in the
+/// low 8 lanes). The code is the number of thresholds below |x| (they increase, the 8th is
+/// u32::MAX), found by a 3-step binary search with `vpermd` selecting each lane's threshold.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
 #[inline]
-fn nibbles(v: __m512i, t: &[__m512i; 7]) -> __m512i {
+fn nibbles(v: __m512i, t: __m512i) -> __m512i {
     let abs = _mm512_and_si512(v, _mm512_set1_epi32(ABS));
-    let one = _mm512_set1_epi32(1);
-    let mut code = _mm512_setzero_si512();
-    for tk in t {
-        let above = _mm512_cmpgt_epu32_mask(abs, *tk);
-        code = _mm512_mask_add_epi32(code, above, code, one);
-    }
-    let non_zero = _mm512_cmpgt_epu32_mask(abs, t[0]);
-    let negative = _mm512_cmplt_epi32_mask(v, _mm512_setzero_si512());
-    _mm512_mask_or_epi32(code, non_zero & negative, code, _mm512_set1_epi32(8))
+    let above = _mm512_cmpgt_epu32_mask(abs, _mm512_permutexvar_epi32(_mm512_set1_epi32(3), t));
+    let mut code = _mm512_maskz_mov_epi32(above, _mm512_set1_epi32(4));
+    let probe = _mm512_add_epi32(code, _mm512_set1_epi32(1));
+    let above = _mm512_cmpgt_epu32_mask(abs, _mm512_permutexvar_epi32(probe, t));
+    code = _mm512_mask_add_epi32(code, above, code, _mm512_set1_epi32(2));
+    let above = _mm512_cmpgt_epu32_mask(abs, _mm512_permutexvar_epi32(code, t));
+    code = _mm512_mask_add_epi32(code, above, code, _mm512_set1_epi32(1));
+    let negative = _mm512_movepi32_mask(v) & _mm512_test_epi32_mask(code, code);
+    _mm512_mask_or_epi32(code, negative, code, _mm512_set1_epi32(8))
 }
 
 /// Loads a block; returns its two halves and its exponent, or `None` on NaN/Inf.
@@ -57,12 +59,13 @@ fn load_block(x: &[f32; BLOCK]) -> Option<(__m512i, __m512i, i32)> {
     Some((v0, v1, block_exponent_from_bits(amax)))
 }
 
-/// The 7 thresholds of exponent e, broadcast.
+/// The 8 thresholds of exponent e in the low 8 lanes (the high 8 are never indexed).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
 #[inline]
-fn thresholds(e: i32) -> [__m512i; 7] {
-    let row = &THRESHOLDS[(e + 127) as usize];
-    std::array::from_fn(|k| _mm512_set1_epi32(row[k] as i32))
+fn thresholds(e: i32) -> __m512i {
+    // SAFETY: a THRESHOLDS row holds 8 u32.
+    let row = unsafe { _mm256_loadu_si256(THRESHOLDS[(e + 127) as usize].as_ptr().cast()) };
+    _mm512_castsi256_si512(row)
 }
 
 /// The 16-entry decode row of exponent e (scale byte e + 127).
@@ -80,7 +83,7 @@ fn quantize_tf(x: &[f32], blocks: &mut [u8], scales: &mut [u8]) -> Result<(), us
     for (g, ((xb, pb), s)) in xs.iter().zip(bs).zip(scales).enumerate() {
         let (v0, v1, e) = load_block(xb).ok_or(g)?;
         let t = thresholds(e);
-        let (n0, n1) = (nibbles(v0, &t), nibbles(v1, &t));
+        let (n0, n1) = (nibbles(v0, t), nibbles(v1, t));
         // u64 lane j holds nibbles 2j (bits 0..4) and 2j+1 (bits 32..36): fold, keep the low byte
         let p0 = _mm512_cvtepi64_epi8(_mm512_or_si512(n0, _mm512_srli_epi64::<28>(n0)));
         let p1 = _mm512_cvtepi64_epi8(_mm512_or_si512(n1, _mm512_srli_epi64::<28>(n1)));
@@ -118,8 +121,8 @@ fn fake_block(xb: &[f32; BLOCK]) -> Option<(__m512, __m512)> {
     let t = thresholds(e);
     let row = decode_row((e + 127) as u8);
     Some((
-        _mm512_permutexvar_ps(nibbles(v0, &t), row),
-        _mm512_permutexvar_ps(nibbles(v1, &t), row),
+        _mm512_permutexvar_ps(nibbles(v0, t), row),
+        _mm512_permutexvar_ps(nibbles(v1, t), row),
     ))
 }
 
