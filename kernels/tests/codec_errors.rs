@@ -9,12 +9,10 @@ use kernels::mxfp4::{self, fast, reference, CodecError};
 const N: usize = 3 * (1 << 15) + 32 * 5;
 
 type Run = fn(&[f32]) -> Result<(), CodecError>;
+type Quantize = fn(&[f32], &mut [u8], &mut [u8]) -> Result<(), CodecError>;
 
 fn runners() -> Vec<(&'static str, Run)> {
-    fn q(
-        f: fn(&[f32], &mut [u8], &mut [u8]) -> Result<(), CodecError>,
-        x: &[f32],
-    ) -> Result<(), CodecError> {
+    fn q(f: Quantize, x: &[f32]) -> Result<(), CodecError> {
         f(x, &mut vec![0; x.len() / 2], &mut vec![0; x.len() / 32])
     }
     fn fq(

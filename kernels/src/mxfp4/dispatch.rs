@@ -4,12 +4,15 @@
 use super::generic;
 use std::sync::OnceLock;
 
+/// Quantize kernel on whole blocks: `Err(g)` is the first block holding a NaN/Inf.
+pub(super) type QuantizeFn = fn(&[f32], &mut [u8], &mut [u8]) -> Result<(), usize>;
+
 /// One set of single-threaded kernels on whole blocks (lengths already checked); errors are the
 /// index of the first block holding a NaN/Inf.
 pub(super) struct Kernels {
     /// name of the feature level, for logs and benchmarks
     pub name: &'static str,
-    pub quantize: fn(&[f32], &mut [u8], &mut [u8]) -> Result<(), usize>,
+    pub quantize: QuantizeFn,
     pub dequantize: fn(&[u8], &[u8], &mut [f32]),
     pub fake_quantize: fn(&[f32], &mut [f32]) -> Result<(), usize>,
     pub fake_quantize_in_place: fn(&mut [f32]) -> Result<(), usize>,

@@ -30,7 +30,7 @@ pub(crate) fn check_quantize_lengths(
     blocks: usize,
     scales: usize,
 ) -> Result<(), CodecError> {
-    if n % super::BLOCK != 0 {
+    if !n.is_multiple_of(super::BLOCK) {
         return Err(CodecError::Length {
             what: "input elements (must be a multiple of 32)",
             expected: n.next_multiple_of(super::BLOCK),
@@ -46,7 +46,7 @@ pub(crate) fn check_packed_lengths(
     blocks: usize,
     scales: usize,
 ) -> Result<(), CodecError> {
-    if n % super::BLOCK != 0 {
+    if !n.is_multiple_of(super::BLOCK) {
         return Err(CodecError::Length {
             what: "output elements (must be a multiple of 32)",
             expected: n.next_multiple_of(super::BLOCK),
@@ -73,7 +73,7 @@ pub(crate) fn check_packed_lengths(
 
 /// Checks that an input and an output slice have the same length, a multiple of 32.
 pub(crate) fn check_same_lengths(n: usize, out: usize) -> Result<(), CodecError> {
-    if n % super::BLOCK != 0 {
+    if !n.is_multiple_of(super::BLOCK) {
         return Err(CodecError::Length {
             what: "input elements (must be a multiple of 32)",
             expected: n.next_multiple_of(super::BLOCK),
