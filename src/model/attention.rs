@@ -10,6 +10,7 @@ use super::linear::LoraLinear;
 use super::mask::AttentionPattern;
 use super::mode::ForwardMode;
 use super::rope::RopeTables;
+use super::sdpa;
 
 /// `model.layers.{l}.self_attn`.
 #[derive(Module, Debug)]
@@ -35,47 +36,22 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: LoraLinearBackend> Attention<B> {
-    /// `x [batch, seq, hidden] -> [batch, seq, hidden]`; `mask` is this layer's additive
-    /// `[1, 1, seq, seq]` mask (see [`AttentionPattern::additive_mask`]).
+    /// `x [batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        mask: &Tensor<B, 4>,
         mode: ForwardMode,
     ) -> anyhow::Result<Tensor<B, 3>> {
         let [batch, seq, hidden] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let rep = h / kv;
         let x2 = x.reshape([batch * seq, hidden]);
         let split =
             |t: Tensor<B, 2>, heads: usize| t.reshape([batch, seq, heads, d]).swap_dims(1, 2);
         let q = rope.apply(split(self.q_proj.forward(x2.clone(), mode)?, h));
         let k = rope.apply(split(self.k_proj.forward(x2.clone(), mode)?, kv));
         let v = split(self.v_proj.forward(x2, mode)?, kv);
-
-        // query head i·rep + j uses kv head i: group the rep query heads of a kv head together
-        let q = q.reshape([batch, kv, rep * seq, d]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((d as f64).powf(-0.5))
-            .reshape([batch, h, seq, seq])
-            + mask.clone();
-        let sinks = self.sinks.val().reshape([1, h, 1, 1]);
-        // softmax over [scores, sink] without materializing the extra column
-        let row_max = scores
-            .clone()
-            .max_dim(3)
-            .max_pair(sinks.clone().expand([batch, h, seq, 1]))
-            .detach();
-        let e = (scores - row_max.clone()).exp();
-        let denom = e.clone().sum_dim(3) + (sinks - row_max).exp();
-        let probs = e / denom;
-
-        let out = probs
-            .reshape([batch, kv, rep * seq, seq])
-            .matmul(v)
-            .reshape([batch, h, seq, d])
+        let out = sdpa::attention(q, k, v, self.sinks.val(), self.pattern)
             .swap_dims(1, 2)
             .reshape([batch * seq, h * d]);
         Ok(self

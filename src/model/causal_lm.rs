@@ -9,7 +9,6 @@ use super::embedding::{Embedding, LmHead};
 use super::layer::DecoderLayer;
 use super::lora::LoraPair;
 use super::loss::{causal_lm_loss, LossOutput};
-use super::mask::AttentionPattern;
 use super::mode::ForwardMode;
 use super::rms_norm::RmsNorm;
 use super::rope::{RopeTables, YarnParams};
@@ -133,18 +132,9 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         let device = ids.device();
         let m = &self.model;
         let rope = RopeTables::new(&m.rope, m.head_dim, seq, &device);
-        let mut masks: Vec<(AttentionPattern, Tensor<B, 4>)> = Vec::new();
         let mut x = m.embed_tokens.forward(ids);
         for layer in &m.layers {
-            let pattern = layer.self_attn.pattern;
-            let at = match masks.iter().position(|(p, _)| *p == pattern) {
-                Some(at) => at,
-                None => {
-                    masks.push((pattern, pattern.additive_mask(seq, &device)));
-                    masks.len() - 1
-                }
-            };
-            x = layer.forward(x, &rope, &masks[at].1, mode)?;
+            x = layer.forward(x, &rope, mode)?;
         }
         Ok(self.lm_head.forward(m.norm.forward(x)))
     }

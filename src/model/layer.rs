@@ -28,18 +28,17 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: LoraLinearBackend> DecoderLayer<B> {
-    /// `[batch, seq, hidden] -> [batch, seq, hidden]`; `mask` is this layer's attention mask.
+    /// `[batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
-        mask: &Tensor<B, 4>,
         mode: ForwardMode,
     ) -> anyhow::Result<Tensor<B, 3>> {
         let l = self.index;
         let h = self
             .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), rope, mask, mode)
+            .forward(self.input_layernorm.forward(x.clone()), rope, mode)
             .with_context(|| format!("layer {l} attention"))?;
         let x = x + h;
         let h = self

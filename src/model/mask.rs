@@ -1,7 +1,4 @@
-//! Additive attention masks: full causal, and sliding window (`q - window < k <= q`).
-
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+//! Attention patterns: full causal, and sliding window (`q - window < k <= q`).
 
 /// Which keys a query may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,19 +20,6 @@ impl AttentionPattern {
             Self::Sliding { window } => k <= q && q < k + window,
         }
     }
-
-    /// `[1, 1, seq, seq]` additive mask: 0 where visible, `-inf` elsewhere.
-    pub fn additive_mask<B: Backend>(self, seq: usize, device: &B::Device) -> Tensor<B, 4> {
-        let mut values = vec![f32::NEG_INFINITY; seq * seq];
-        for q in 0..seq {
-            for k in 0..=q {
-                if self.visible(q, k) {
-                    values[q * seq + k] = 0.0;
-                }
-            }
-        }
-        Tensor::from_data(TensorData::new(values, [1, 1, seq, seq]), device)
-    }
 }
 
 #[cfg(test)]
@@ -53,16 +37,5 @@ mod tests {
         let c = AttentionPattern::Causal;
         let seen: Vec<usize> = (0..8).filter(|&k| c.visible(5, k)).collect();
         assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
-    }
-
-    #[test]
-    fn additive_mask_layout() {
-        let m = AttentionPattern::Sliding { window: 2 }
-            .additive_mask::<burn::backend::Flex>(3, &Default::default())
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let ninf = f32::NEG_INFINITY;
-        assert_eq!(m, vec![0.0, ninf, ninf, 0.0, 0.0, ninf, ninf, 0.0, 0.0]);
     }
 }

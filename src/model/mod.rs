@@ -27,6 +27,7 @@ pub mod packed;
 pub mod rms_norm;
 pub mod rope;
 pub mod router;
+pub mod sdpa;
 pub mod swiglu;
 
 pub use causal_lm::{CausalLmOutput, GptOssForCausalLM, GptOssModel};
