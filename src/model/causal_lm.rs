@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use kernels::ops::LoraLinearBackend;
 
 use super::embedding::{Embedding, LmHead};
+use super::expert_lora::ExpertLora;
 use super::layer::DecoderLayer;
 use super::lora::LoraPair;
 use super::loss::{causal_lm_loss, LossOutput};
@@ -83,41 +84,89 @@ impl<B: Backend> GptOssForCausalLM<B> {
         ))
     }
 
-    /// Every LoRA pair of the model, in layer order (attention q, k, v, o, then experts
-    /// gate_up, down).
-    pub fn lora_pairs(&self) -> Vec<&LoraPair<B>> {
+    /// The attention LoRA pairs and the expert LoRAs of every layer, in layer order
+    /// (q, k, v, o, then gate_up, down).
+    fn loras(&self) -> (Vec<&LoraPair<B>>, Vec<Vec<&ExpertLora<B>>>) {
+        let mut attn = Vec::new();
+        let mut experts = Vec::new();
+        for layer in &self.model.layers {
+            let a = &layer.self_attn;
+            attn.extend(
+                [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+                    .into_iter()
+                    .filter_map(|p| p.lora.as_ref()),
+            );
+            let e = &layer.mlp.experts;
+            experts.push(
+                [&e.gate_up_proj, &e.down_proj]
+                    .into_iter()
+                    .filter_map(|p| p.lora.as_ref())
+                    .collect(),
+            );
+        }
+        (attn, experts)
+    }
+
+    /// `(PEFT key, tensor)` of every LoRA factor, layer by layer (attention q, k, v, o, then the
+    /// experts' stacked gate_up and down), A before B.
+    pub fn lora_tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
         let mut out = Vec::new();
         for layer in &self.model.layers {
             let a = &layer.self_attn;
-            for proj in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
-                out.extend(proj.lora.as_ref());
+            for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+                .into_iter()
+                .filter_map(|p| p.lora.as_ref())
+            {
+                out.extend(p.tensors());
             }
             let e = &layer.mlp.experts;
-            out.extend(e.gate_up_proj.lora.as_ref());
-            out.extend(e.down_proj.lora.as_ref());
+            for p in [&e.gate_up_proj, &e.down_proj]
+                .into_iter()
+                .filter_map(|p| p.lora.as_ref())
+            {
+                out.extend(p.tensors());
+            }
         }
         out
     }
 
-    /// `(PEFT key, tensor)` of every LoRA factor.
-    pub fn lora_tensors(&self) -> Vec<(String, Tensor<B, 2>)> {
-        self.lora_pairs()
-            .into_iter()
-            .flat_map(LoraPair::tensors)
-            .collect()
+    /// Number of trainable LoRA values.
+    pub fn lora_param_count(&self) -> usize {
+        let (attn, experts) = self.loras();
+        let a: usize = attn
+            .iter()
+            .map(|p| p.lora_a.num_params() + p.lora_b.num_params())
+            .sum();
+        let e: usize = experts.iter().flatten().map(|p| p.num_params()).sum();
+        a + e
     }
 }
 
 impl<B: AutodiffBackend> GptOssForCausalLM<B> {
-    /// `(PEFT key, gradient)` of every LoRA factor after `loss.backward()`.
+    /// `(PEFT key, gradient)` of every LoRA factor after `loss.backward()`, in the order of
+    /// [`lora_tensors`](Self::lora_tensors); expert gradients are stacked like PEFT's tensors.
     pub fn lora_grads(
         &self,
         grads: &B::Gradients,
     ) -> Vec<(String, Option<Tensor<B::InnerBackend, 2>>)> {
-        self.lora_pairs()
-            .into_iter()
-            .flat_map(|p| p.grads(grads))
-            .collect()
+        let mut out = Vec::new();
+        for layer in &self.model.layers {
+            let a = &layer.self_attn;
+            for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+                .into_iter()
+                .filter_map(|p| p.lora.as_ref())
+            {
+                out.extend(p.grads(grads));
+            }
+            let e = &layer.mlp.experts;
+            for p in [&e.gate_up_proj, &e.down_proj]
+                .into_iter()
+                .filter_map(|p| p.lora.as_ref())
+            {
+                out.extend(p.grads(grads));
+            }
+        }
+        out
     }
 }
 

@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Tensor};
 use kernels::ops::{BaseWeight, LoraLinearBackend, PackedWeight};
 
+use super::expert_lora::ExpertLora;
 use super::grouping::ExpertGroups;
-use super::lora::LoraPair;
 use super::mode::ForwardMode;
 use super::router::Routing;
 use super::swiglu::swiglu;
@@ -22,8 +22,8 @@ pub struct ExpertProjection<B: Backend> {
     pub packed: Vec<Arc<dyn PackedWeight>>,
     /// `[experts, out]`, frozen (`*_bias`).
     pub bias: Param<Tensor<B, 2>>,
-    /// The stacked adapter (`A [r·E, in]`, `B [out, r·E]`), when targeted.
-    pub lora: Option<LoraPair<B>>,
+    /// The per-expert adapter, when targeted.
+    pub lora: Option<ExpertLora<B>>,
 }
 
 impl<B: Backend> ExpertProjection<B> {
@@ -58,7 +58,7 @@ impl<B: LoraLinearBackend> ExpertProjection<B> {
         let [_, out] = self.bias.dims();
         let base = BaseWeight::Packed(Arc::clone(&self.packed[e]));
         let bias = self.bias.val().narrow(0, e, 1).reshape([out]);
-        let lora = self.lora.as_ref().map(|l| l.expert(e, self.experts()));
+        let lora = self.lora.as_ref().map(|l| l.expert(e));
         let quant = mode.expert_quantizer(lora.is_some());
         mode.linear(x, &base, Some(bias), lora.as_ref(), quant)
             .with_context(|| format!("expert {e} ({:?})", self.lora.as_ref().map(|l| &l.key)))

@@ -13,6 +13,7 @@ use adapters::{AttnProj, BaseDims, Factor, LoraAdapter};
 use super::attention::Attention;
 use super::causal_lm::{GptOssForCausalLM, GptOssModel};
 use super::embedding::{Embedding, LmHead};
+use super::expert_lora::{ExpertLora, StackedDims};
 use super::experts::{ExpertProjection, Experts};
 use super::layer::DecoderLayer;
 use super::linear::LoraLinear;
@@ -208,12 +209,19 @@ impl<B: Backend> GptOssForCausalLM<B> {
                 (adapters::ExpertProj::Down, &mut experts.down_proj),
             ] {
                 if let Some(lo) = adapter.experts(l, proj) {
-                    let stacked = lo.r * lo.experts;
-                    module.lora = Some(LoraPair::new(
-                        tensor(lo.a, [stacked, lo.in_features]),
-                        tensor(lo.b, [lo.out_features, stacked]),
+                    let dims = StackedDims {
+                        r: lo.r,
+                        experts: lo.experts,
+                        in_features: lo.in_features,
+                        out_features: lo.out_features,
+                    };
+                    module.lora = Some(ExpertLora::from_stacked(
+                        lo.a,
+                        lo.b,
+                        dims,
                         lo.scale,
                         prefix(adapters::expert_key(l, proj, both, Factor::A)),
+                        &device,
                     ));
                 }
             }

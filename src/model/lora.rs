@@ -5,10 +5,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use kernels::ops::Lora;
 
-/// One LoRA pair (`lora_A`, `lora_B`) of an adapted module; the only trainable parameters.
-///
-/// For an attention projection `A [r, in]`, `B [out, r]`; for the experts of a layer the PEFT
-/// stacking: `A [r·E, in]` expert-major, `B [out, r·E]` rank-major.
+/// The LoRA pair (`lora_A [r, in]`, `lora_B [out, r]`) of an adapted attention projection;
+/// trainable (experts: see [`ExpertLora`](super::expert_lora::ExpertLora)).
 #[derive(Module, Debug)]
 pub struct LoraPair<B: Backend> {
     /// `lora_A.weight`, trainable.
@@ -42,34 +40,11 @@ impl<B: Backend> LoraPair<B> {
         format!("{}.lora_B.weight", self.key)
     }
 
-    /// Rank `r` of a single (non-stacked) pair, from `A`'s rows.
-    pub fn rows_of_a(&self) -> usize {
-        self.lora_a.dims()[0]
-    }
-
-    /// The whole pair as the op's `Lora` (attention).
+    /// The pair as the op's `Lora`.
     pub fn as_lora(&self) -> Lora<B> {
         Lora {
             a: self.lora_a.val(),
             b: self.lora_b.val(),
-            scale: self.scale,
-        }
-    }
-
-    /// Expert `e`'s rank-`r` LoRA out of the PEFT stacking: `A_e` = rows `e·r..(e+1)·r` of `A`,
-    /// `B_e[:, j] = B[:, j·E + e]`.
-    pub fn expert(&self, e: usize, experts: usize) -> Lora<B> {
-        let [rows, _] = self.lora_a.dims();
-        let r = rows / experts;
-        let [out, _] = self.lora_b.dims();
-        Lora {
-            a: self.lora_a.val().narrow(0, e * r, r),
-            b: self
-                .lora_b
-                .val()
-                .reshape([out, r, experts])
-                .narrow(2, e, 1)
-                .reshape([out, r]),
             scale: self.scale,
         }
     }

@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod causal_lm;
 pub mod embedding;
+pub mod expert_lora;
 pub mod experts;
 pub mod grouping;
 pub mod layer;
