@@ -61,7 +61,10 @@ impl<B: LoraLinearBackend> ExpertProjection<B> {
         let lora = self.lora.as_ref().map(|l| l.expert(e));
         let quant = mode.expert_quantizer(lora.is_some());
         mode.linear(x, &base, Some(bias), lora.as_ref(), quant)
-            .with_context(|| format!("expert {e} ({:?})", self.lora.as_ref().map(|l| &l.key)))
+            .with_context(|| match &self.lora {
+                Some(l) => format!("expert {e} of {}", l.key),
+                None => format!("expert {e}"),
+            })
     }
 }
 
