@@ -1,14 +1,11 @@
 //! Throughput of the expert delta at gpt-oss-120b size (H = I = 2880, 128 experts, rank 16), compared with
-//! the scalar reference on one expert. A measurement, not a check: run it explicitly with
-//! `cargo test -p adapters --test bench_delta -- --ignored --nocapture`.
+//! the scalar reference on one expert: `cargo bench -p adapters --bench delta`.
 
 use std::time::Instant;
 
 use adapters::{add_expert_delta_packed, reference, ExpertLora};
 
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-fn expert_delta_120b_gate_up() {
+fn main() {
     let (r, n, i_n, o_n) = (16, 128, 2880, 5760);
     let a: Vec<f32> = (0..r * n * i_n)
         .map(|k| ((k % 97) as f32 - 48.0) * 1e-3)
