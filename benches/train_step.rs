@@ -111,24 +111,34 @@ fn main() -> anyhow::Result<()> {
     let setup_s = t0.elapsed().as_secs_f64();
     let rss_before = peak_rss_mib();
     let (mut times, mut losses) = (Vec::new(), Vec::new());
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
         let input = model.input_ids(&ids, 1, args.seq, &device)?;
         let out = model.forward_with_loss(input, &ids, mode)?;
         let loss: f32 = out.loss.loss.clone().into_scalar();
+        let t_forward = t.elapsed().as_secs_f64();
         let grads = out.loss.loss.backward();
+        let t_backward = t.elapsed().as_secs_f64();
         let grads = GradientsParams::from_grads(grads, &model);
         model = optim.step(1e-4, model, grads);
         let dt = t.elapsed().as_secs_f64();
         losses.push(loss);
         if i >= args.warmup {
             times.push(dt);
+            phases[0].push(t_forward);
+            phases[1].push(t_backward - t_forward);
+            phases[2].push(dt - t_backward);
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let med = times[times.len() / 2];
+    let [forward_s, backward_s, optim_s] = phases.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    });
     println!(
-        "{{\"impl\":\"lora-qat\",\"config\":\"bench-small\",\"mode\":\"{}\",\"path\":\"{}\",\"seq\":{},\"batch\":1,\"threads\":{},\"steps_measured\":{},\"s_per_step_median\":{:.4},\"s_per_step_min\":{:.4},\"tokens_per_s\":{:.1},\"peak_rss_mib\":{:.1},\"rss_before_train_mib\":{:.1},\"loss_first\":{:.4},\"loss_last\":{:.4},\"setup_s\":{:.2}}}",
+        "{{\"impl\":\"lora-qat\",\"config\":\"bench-small\",\"mode\":\"{}\",\"path\":\"{}\",\"seq\":{},\"batch\":1,\"threads\":{},\"steps_measured\":{},\"s_per_step_median\":{:.4},\"s_per_step_min\":{:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"optimizer_s\":{:.4},\"tokens_per_s\":{:.1},\"peak_rss_mib\":{:.1},\"rss_before_train_mib\":{:.1},\"loss_first\":{:.4},\"loss_last\":{:.4},\"setup_s\":{:.2}}}",
         if args.mode == QuantMode::Mxfp4 { "qat" } else { "lora" },
         if args.path == GradPath::CustomOp { "custom" } else { "reference" },
         args.seq,
@@ -136,6 +146,9 @@ fn main() -> anyhow::Result<()> {
         times.len(),
         med,
         times[0],
+        forward_s,
+        backward_s,
+        optim_s,
         args.seq as f64 / med,
         peak_rss_mib(),
         rss_before,

@@ -40,21 +40,135 @@ pub fn add_lora_delta(
         return Ok(());
     }
     let rows_per_task = (TASK_ELEMENTS / inp).max(1);
+    let kernel = rows_kernel();
     w.par_chunks_mut(rows_per_task * inp)
         .zip(b.par_chunks(rows_per_task * rank))
-        .for_each(|(w_rows, b_rows)| {
-            let mut d = vec![0f32; inp];
-            for (w_row, b_row) in w_rows.chunks_exact_mut(inp).zip(b_rows.chunks_exact(rank)) {
-                d.fill(0.0);
-                for (&bk, a_row) in b_row.iter().zip(a.chunks_exact(inp)) {
-                    for (di, &ai) in d.iter_mut().zip(a_row) {
-                        *di += bk * ai;
-                    }
-                }
-                for (wi, &di) in w_row.iter_mut().zip(&d) {
-                    *wi += scale * di;
-                }
-            }
-        });
+        .for_each(|(w_rows, b_rows)| kernel(w_rows, b_rows, a, inp, scale));
     Ok(())
+}
+
+/// The rows kernel: for each row `o`, `d = Σ_k b[o,k]·a[k,:]` (k ascending), then `w[o,:] += s·d`.
+type RowsKernel = fn(&mut [f32], &[f32], &[f32], usize, f32);
+
+/// The body shared by every instruction-set variant. Vectorizing along `in` keeps each element's
+/// arithmetic unchanged (Rust never contracts a separate multiply and add into an FMA), so all
+/// variants give the same bits.
+#[inline(always)]
+fn rows_body(w_rows: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize, scale: f32) {
+    let rank = b_rows.len() / (w_rows.len() / inp).max(1);
+    let mut d = vec![0f32; inp];
+    for (w_row, b_row) in w_rows.chunks_exact_mut(inp).zip(b_rows.chunks_exact(rank)) {
+        d.fill(0.0);
+        for (&bk, a_row) in b_row.iter().zip(a.chunks_exact(inp)) {
+            for (di, &ai) in d.iter_mut().zip(a_row) {
+                *di += bk * ai;
+            }
+        }
+        for (wi, &di) in w_row.iter_mut().zip(&d) {
+            *wi += scale * di;
+        }
+    }
+}
+
+fn rows_portable(w_rows: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize, scale: f32) {
+    rows_body(w_rows, b_rows, a, inp, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_avx512_tf(w_rows: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize, scale: f32) {
+    rows_body(w_rows, b_rows, a, inp, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rows_avx512(w_rows: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize, scale: f32) {
+    // SAFETY: only selected by `rows_kernel` after `is_x86_feature_detected!("avx512f")`.
+    unsafe { rows_avx512_tf(w_rows, b_rows, a, inp, scale) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2_tf(w_rows: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize, scale: f32) {
+    rows_body(w_rows, b_rows, a, inp, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rows_avx2(w_rows: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize, scale: f32) {
+    // SAFETY: only selected by `rows_kernel` after `is_x86_feature_detected!("avx2")`.
+    unsafe { rows_avx2_tf(w_rows, b_rows, a, inp, scale) }
+}
+
+/// The widest variant this CPU runs, chosen once.
+#[cfg(target_arch = "x86_64")]
+fn rows_kernel() -> RowsKernel {
+    static KERNEL: std::sync::OnceLock<RowsKernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if is_x86_feature_detected!("avx512f") {
+            rows_avx512
+        } else if is_x86_feature_detected!("avx2") {
+            rows_avx2
+        } else {
+            rows_portable
+        }
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn rows_kernel() -> RowsKernel {
+    rows_portable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant this CPU can run (for parity tests).
+    fn rows_variants_for_tests() -> Vec<(&'static str, RowsKernel)> {
+        let mut v: Vec<(&'static str, RowsKernel)> = vec![("portable", rows_portable)];
+        v.extend(simd_variants());
+        v
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn simd_variants() -> Vec<(&'static str, RowsKernel)> {
+        let mut v: Vec<(&'static str, RowsKernel)> = Vec::new();
+        if is_x86_feature_detected!("avx2") {
+            v.push(("avx2", rows_avx2));
+        }
+        if is_x86_feature_detected!("avx512f") {
+            v.push(("avx512f", rows_avx512));
+        }
+        v
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn simd_variants() -> Vec<(&'static str, RowsKernel)> {
+        Vec::new()
+    }
+
+    /// Every instruction-set variant gives the same bits as the portable one (odd sizes, r = 3).
+    #[test]
+    fn variants_agree_bit_for_bit() {
+        let (out, inp, r) = (37, 83, 3);
+        let gen = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    let x = (i as u32).wrapping_mul(2654435761).wrapping_add(seed);
+                    (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let (a, b, w0) = (gen(r * inp, 1), gen(out * r, 2), gen(out * inp, 3));
+        let mut want = w0.clone();
+        rows_portable(&mut want, &b, &a, inp, 0.7);
+        for (name, k) in rows_variants_for_tests() {
+            let mut got = w0.clone();
+            k(&mut got, &b, &a, inp, 0.7);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{name} differs from the portable kernel");
+        }
+    }
 }
