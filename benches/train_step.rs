@@ -30,7 +30,10 @@ struct Args {
 }
 
 fn parse() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let flag = |name: &str| {
         argv.iter()
             .position(|a| a == name)
@@ -47,7 +50,9 @@ fn parse() -> anyhow::Result<Args> {
         "usage: train_step BASE_DIR ADAPTER_DIR [--seq N] [--mode qat|lora] [--path custom|reference]"
     );
     let num = |name: &str, default: usize| -> anyhow::Result<usize> {
-        flag(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} {v}")))
+        flag(name).map_or(Ok(default), |v| {
+            v.parse().with_context(|| format!("{name} {v}"))
+        })
     };
     Ok(Args {
         base: positional[0].into(),
