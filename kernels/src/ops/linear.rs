@@ -10,8 +10,9 @@ use super::quant::{check_shapes, quantized_weight};
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
 
-/// A backend that runs the LoRA-QAT linear `x · Q(W + s·B·A)ᵀ` (no bias) as one op.
-pub trait LoraLinearBackend: Backend {
+/// A backend that runs the LoRA-QAT linear `x · Q(W + s·B·A)ᵀ` (no bias) as one op, and its
+/// grouped all-experts form ([`GroupedLoraLinearBackend`](super::GroupedLoraLinearBackend)).
+pub trait LoraLinearBackend: super::grouped::GroupedLoraLinearBackend {
     /// `x [n, in] -> [n, out]` with `Wq = Q(W + s·B·A)`; shapes are already checked.
     ///
     /// Under autodiff the backward is straight-through and never forms an `[out, in]` gradient:

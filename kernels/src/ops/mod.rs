@@ -3,12 +3,15 @@
 //! types it takes (dense or packed MXFP4 base, LoRA factors, quantizer).
 
 mod autodiff;
+mod grouped;
+mod grouped_autodiff;
 mod linear;
 mod merge;
 mod quant;
 mod reference;
 mod weight;
 
+pub use grouped::{grouped_forward, grouped_lora_linear, GroupedLora, GroupedLoraLinearBackend};
 pub use linear::{forward, lora_linear, LoraLinearBackend};
 pub use merge::add_lora_delta;
 pub use quant::{fake_quantize_slice, merged_weight, quantized_weight};

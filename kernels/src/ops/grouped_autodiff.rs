@@ -1,0 +1,235 @@
+//! The grouped LoRA-QAT linear on `Autodiff<B, C>`: forward through the inner backend, one node
+//! with parents `[x, a, b]` (or `[x]` without LoRA) and a per-expert straight-through backward.
+//! Kept from forward to backward: `x` (when `a` or `b` need a gradient), `a`, `b`, handles on
+//! the frozen bases and the offsets; each `Wq_e` is recomputed in backward, one at a time, and
+//! only when `x` needs a gradient.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
+use super::linear::LoraLinearBackend;
+use super::quant::quantized_weight;
+use super::weight::{BaseWeight, Lora, Quantizer};
+use crate::mxfp4::CodecError;
+
+fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn unwrap<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// `Wq_e` rebuilt in backward from the inputs the forward already quantized successfully.
+fn recompute_wq<B: Backend>(
+    base: &BaseWeight<B>,
+    lora: Option<&Lora<B>>,
+    quant: Quantizer,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    // The forward built every Wq_e from these very (immutable) tensors with the same
+    // deterministic code and returned its error instead of an output: failing here is an
+    // invariant violation, not a user error.
+    quantized_weight(base, lora, quant, device)
+        .expect("Wq_e was quantized successfully in forward from the same inputs")
+}
+
+/// `dx = cat_e(dy_e · Wq_e)` (`[0, in]` when there are no rows).
+fn grad_x<B: Backend>(
+    dy: &Tensor<B, 2>,
+    bases: &[BaseWeight<B>],
+    lora: Option<&GroupedLora<B>>,
+    offsets: &[usize],
+    quant: Quantizer,
+) -> FloatTensor<B> {
+    let device = dy.device();
+    let rank = rank_of(lora, bases.len());
+    let parts: Vec<_> = expert_rows(offsets)
+        .map(|(e, start, len)| {
+            let lora_e = lora.map(|l| l.expert(e, rank));
+            let wq = recompute_wq(&bases[e], lora_e.as_ref(), quant, &device);
+            dy.clone().narrow(0, start, len).matmul(wq)
+        })
+        .collect();
+    let inp = bases.first().map_or(0, |b| b.shape()[1]);
+    unwrap(if parts.is_empty() {
+        Tensor::zeros([0, inp], &device)
+    } else {
+        Tensor::cat(parts, 0)
+    })
+}
+
+/// Backward of `y = x · Q(W_e)ᵀ` per expert (no LoRA): only `dx`.
+#[derive(Debug)]
+struct GroupedBaseBackward;
+
+impl<B: LoraLinearBackend> Backward<B, 1> for GroupedBaseBackward {
+    type State = (Vec<BaseWeight<B>>, Vec<usize>, Quantizer);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (bases, offsets, quant) = ops.state;
+        let dy = wrap::<B>(grads.consume::<B>(&ops.node));
+        let [x_node] = ops.parents;
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, grad_x(&dy, &bases, None, &offsets, quant));
+        }
+    }
+}
+
+/// What the grouped LoRA backward needs: checkpointed x/a/b (only those a gradient needs),
+/// the bases, the offsets, Q and s.
+#[derive(Debug, Clone)]
+struct GroupedState<B: Backend> {
+    x: Option<NodeId>,
+    a: Option<NodeId>,
+    b: Option<NodeId>,
+    bases: Vec<BaseWeight<B>>,
+    offsets: Vec<usize>,
+    quant: Quantizer,
+    scale: f32,
+    rank: usize,
+}
+
+/// Backward of the grouped LoRA-QAT linear, parents `[x, a, b]`: per expert `e` with rows,
+/// `dx_e = dy_e·Wq_e`, `dA_e = s·(dy_e·B_e)ᵀ·x_e`, `dB_e = s·dy_eᵀ·(x_e·A_eᵀ)`; zero
+/// `dA_e`/`dB_e` for experts without rows.
+#[derive(Debug)]
+struct GroupedLoraBackward;
+
+impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
+    type State = GroupedState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let st = ops.state;
+        let mut fetch = |id: Option<NodeId>| {
+            id.map(|id| wrap::<B>(checkpointer.retrieve_node_output::<FloatTensor<B>>(id)))
+        };
+        let (x, a, b) = (fetch(st.x), fetch(st.a), fetch(st.b));
+        let dy = wrap::<B>(grads.consume::<B>(&ops.node));
+        let [x_node, a_node, b_node] = ops.parents;
+        let device = dy.device();
+        let [out, inp] = st.bases.first().map_or([0, 0], |b| b.shape());
+        let (rank, s) = (st.rank, st.scale);
+        let ranges: Vec<_> = st.offsets.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+
+        if let (Some(node), Some(a), Some(b)) = (x_node, &a, &b) {
+            let lora = GroupedLora {
+                a: a.clone(),
+                b: b.clone(),
+                scale: s,
+            };
+            let dx = grad_x(&dy, &st.bases, Some(&lora), &st.offsets, st.quant);
+            grads.register::<B>(node.id, dx);
+        }
+        if let (Some(node), Some(x), Some(b)) = (a_node, &x, &b) {
+            // [n_e, r] first, scaled there: the products stay rank-sized.
+            let parts = ranges.iter().enumerate().map(|(e, &(start, len))| {
+                if len == 0 {
+                    return Tensor::zeros([rank, inp], &device);
+                }
+                let b_e = b.clone().narrow(1, e * rank, rank);
+                let dy_b = dy.clone().narrow(0, start, len).matmul(b_e).mul_scalar(s);
+                dy_b.transpose().matmul(x.clone().narrow(0, start, len))
+            });
+            let da = cat_or_zeros(parts.collect(), 0, [0, inp], &device);
+            grads.register::<B>(node.id, unwrap(da));
+        }
+        if let (Some(node), Some(x), Some(a)) = (b_node, &x, &a) {
+            let parts = ranges.iter().enumerate().map(|(e, &(start, len))| {
+                if len == 0 {
+                    return Tensor::zeros([out, rank], &device);
+                }
+                let a_e = a.clone().narrow(0, e * rank, rank);
+                let x_at = x
+                    .clone()
+                    .narrow(0, start, len)
+                    .matmul(a_e.transpose())
+                    .mul_scalar(s);
+                dy.clone().narrow(0, start, len).transpose().matmul(x_at)
+            });
+            let db = cat_or_zeros(parts.collect(), 1, [out, 0], &device);
+            grads.register::<B>(node.id, unwrap(db));
+        }
+    }
+}
+
+/// `Tensor::cat(parts, dim)`, or zeros of `empty` when there are no parts (no experts).
+fn cat_or_zeros<B: Backend>(
+    parts: Vec<Tensor<B, 2>>,
+    dim: usize,
+    empty: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    if parts.is_empty() {
+        Tensor::zeros(empty, device)
+    } else {
+        Tensor::cat(parts, dim)
+    }
+}
+
+impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for Autodiff<B, C> {
+    fn grouped_lora_linear(
+        x: FloatTensor<Self>,
+        bases: &[BaseWeight<Self>],
+        lora: Option<&GroupedLora<Self>>,
+        offsets: &[usize],
+        quant: Quantizer,
+    ) -> Result<FloatTensor<Self>, CodecError> {
+        let bases_inner: Vec<_> = bases.iter().map(BaseWeight::inner).collect();
+        let Some(lora) = lora else {
+            let y =
+                B::grouped_lora_linear(x.primitive.clone(), &bases_inner, None, offsets, quant)?;
+            let prep = GroupedBaseBackward
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful();
+            return Ok(match prep {
+                OpsKind::Tracked(prep) => prep.finish((bases_inner, offsets.to_vec(), quant), y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            });
+        };
+
+        let a = lora.a.clone().into_primitive().tensor();
+        let b = lora.b.clone().into_primitive().tensor();
+        let y = B::grouped_lora_linear(
+            x.primitive.clone(),
+            &bases_inner,
+            Some(&lora.inner()),
+            offsets,
+            quant,
+        )?;
+        let (x_tracked, a_tracked, b_tracked) = (x.is_tracked(), a.is_tracked(), b.is_tracked());
+        let prep = GroupedLoraBackward
+            .prepare::<C>([x.node.clone(), a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful();
+        Ok(match prep {
+            OpsKind::Tracked(mut prep) => {
+                let state = GroupedState {
+                    x: (a_tracked || b_tracked).then(|| prep.checkpoint(&x)),
+                    a: (x_tracked || b_tracked).then(|| prep.checkpoint(&a)),
+                    b: (x_tracked || a_tracked).then(|| prep.checkpoint(&b)),
+                    rank: rank_of(Some(lora), bases.len()),
+                    bases: bases_inner,
+                    offsets: offsets.to_vec(),
+                    quant,
+                    scale: lora.scale,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
