@@ -1,6 +1,6 @@
 //! The grouped LoRA-QAT linear (all experts of a projection in one op) against per-expert
-//! `lora_linear` calls on the rows of each expert: forward (Flex and Autodiff<Flex>, rel L2
-//! <= 1e-6) and gradients dx/dA/dB under Autodiff<Flex> (rel L2 <= 1e-5), for every quantizer,
+//! `lora_linear` calls on the rows of each expert: forward with and without a frozen per-expert
+//! bias (Flex and Autodiff<Flex>, rel L2 <= 1e-6) and gradients dx/dA/dB under Autodiff<Flex> (rel L2 <= 1e-5), for every quantizer,
 //! dense and packed bases, with and without LoRA, with empty experts and with no rows at all.
 
 #[path = "ops_support.rs"]
@@ -13,8 +13,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kernels::mxfp4::CodecError;
 use kernels::ops::{
-    grouped_lora_linear, lora_linear, BaseWeight, GroupedLora, Lora, LoraLinearBackend,
-    OwnedPacked, Quantizer,
+    grouped_lora_linear, grouped_lora_linear_frozen_bias, lora_linear, BaseWeight, GroupedLora,
+    Lora, LoraLinearBackend, OwnedPacked, Quantizer,
 };
 use support::{rel_l2, tensor2, values, widen, Lcg};
 
@@ -32,6 +32,7 @@ struct Problem {
     w: Vec<Vec<f32>>,
     a: Vec<Vec<f32>>,
     b: Vec<Vec<f32>>,
+    bias: Vec<f32>,
     x: Vec<f32>,
     g: Vec<f32>,
 }
@@ -58,6 +59,7 @@ impl Problem {
             w,
             a,
             b,
+            bias: rng.uniform(experts * OUT),
             x: rng.uniform(n * IN),
             g: rng.uniform(n * OUT),
         }
@@ -117,6 +119,7 @@ impl Problem {
 fn per_expert<B: LoraLinearBackend>(
     x: &Tensor<B, 2>,
     bases: &[BaseWeight<B>],
+    bias: Option<&Tensor<B, 2>>,
     factors: Option<&[(Tensor<B, 2>, Tensor<B, 2>)]>,
     offsets: &[usize],
     quant: Quantizer,
@@ -133,7 +136,8 @@ fn per_expert<B: LoraLinearBackend>(
             scale: SCALE,
         });
         let xe = x.clone().narrow(0, start, len);
-        parts.push(lora_linear(xe, base, None, lora.as_ref(), quant).unwrap());
+        let be = bias.map(|b| b.clone().narrow(0, e, 1).reshape([OUT]));
+        parts.push(lora_linear(xe, base, be, lora.as_ref(), quant).unwrap());
     }
     if parts.is_empty() {
         Tensor::zeros([0, OUT], &x.device())
@@ -151,21 +155,31 @@ fn forward_matches<B: LoraLinearBackend>() {
         let p = Problem::new(counts, 10 + k as u64);
         for quant in QUANTS {
             for packed in [false, true] {
-                for with_lora in [false, true] {
+                for (with_lora, with_bias) in [(false, false), (true, false), (true, true)] {
                     let bases = p.bases::<B>(packed, &device);
+                    let bias = tensor2::<B>(&p.bias, [counts.len(), OUT], &device);
+                    let bias = with_bias.then_some(&bias);
                     let x = tensor2::<B>(&p.x, [p.n(), IN], &device);
                     let factors = p.factors::<B>(&device);
                     let grouped = p.grouped::<B>(&device);
                     let want = per_expert(
                         &x,
                         &bases,
+                        bias,
                         with_lora.then_some(factors.as_slice()),
                         &p.offsets,
                         quant,
                     );
                     let lora = with_lora.then_some(&grouped);
-                    let got = grouped_lora_linear(x, &bases, lora, &p.offsets, quant).unwrap();
-                    let label = format!("{counts:?} {quant:?} packed={packed} lora={with_lora}");
+                    let got = if with_bias {
+                        grouped_lora_linear_frozen_bias(x, &bases, bias, lora, &p.offsets, quant)
+                    } else {
+                        grouped_lora_linear(x, &bases, lora, &p.offsets, quant)
+                    }
+                    .unwrap();
+                    let label = format!(
+                        "{counts:?} {quant:?} packed={packed} lora={with_lora} bias={with_bias}"
+                    );
                     assert_eq!(got.dims(), [p.n(), OUT], "{label}");
                     let err = rel_l2(&values(got), &widen(&values(want)));
                     assert!(err <= 1e-6, "forward rel L2 {err:e}: {label}");
@@ -192,7 +206,7 @@ fn per_expert_grads(p: &Problem, packed: bool, quant: Quantizer) -> [Vec<f32>; 3
     let bases = p.bases::<Ad>(packed, &device);
     let x = tensor2::<Ad>(&p.x, [p.n(), IN], &device).require_grad();
     let factors = p.factors::<Ad>(&device);
-    let y = per_expert(&x, &bases, Some(&factors), &p.offsets, quant);
+    let y = per_expert(&x, &bases, None, Some(&factors), &p.offsets, quant);
     let grads = (y * tensor2::<Ad>(&p.g, [p.n(), OUT], &device))
         .sum()
         .backward();
@@ -261,7 +275,7 @@ fn dx_without_lora_equals_per_expert() {
         let bases = p.bases::<Ad>(true, &device);
         let g = tensor2::<Ad>(&p.g, [p.n(), OUT], &device);
         let x = tensor2::<Ad>(&p.x, [p.n(), IN], &device).require_grad();
-        let y = per_expert(&x, &bases, None, &p.offsets, quant);
+        let y = per_expert(&x, &bases, None, None, &p.offsets, quant);
         let want = values(x.grad(&(y * g.clone()).sum().backward()).unwrap());
         let x = tensor2::<Ad>(&p.x, [p.n(), IN], &device).require_grad();
         let y = grouped_lora_linear(x.clone(), &bases, None, &p.offsets, quant).unwrap();
@@ -300,6 +314,18 @@ fn inconsistent_offsets_and_shapes_are_errors() {
     };
     assert!(matches!(
         run(&[0, 2, 5], Some(&short)),
+        Err(CodecError::Length { .. })
+    ));
+    let bias = tensor2::<Flex>(&p.bias[..OUT], [1, OUT], &device);
+    assert!(matches!(
+        grouped_lora_linear_frozen_bias(
+            x(),
+            &bases,
+            Some(&bias),
+            None,
+            &[0, 2, 5],
+            Quantizer::None
+        ),
         Err(CodecError::Length { .. })
     ));
     let wide = tensor2::<Flex>(&p.x[..5 * 32], [5, 32], &device);

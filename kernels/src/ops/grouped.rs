@@ -55,10 +55,12 @@ impl<B: AutodiffBackend> GroupedLora<B> {
 /// base, not kept), `dA_e = s·(dy_e·B_e)ᵀ·x_e`, `dB_e = s·dy_eᵀ·(x_e·A_eᵀ)`, zeros for experts
 /// without rows; no `[out, in]` gradient is ever formed.
 pub trait GroupedLoraLinearBackend: Backend {
-    /// `x [N, in] -> [N, out]`, rows of expert `e` are `offsets[e]..offsets[e+1]`.
+    /// `x [N, in] -> [N, out]`, rows of expert `e` are `offsets[e]..offsets[e+1]`, plus row
+    /// `e` of the frozen `bias [E, out]` when given (a constant: it gets no gradient).
     fn grouped_lora_linear(
         x: FloatTensor<Self>,
         bases: &[BaseWeight<Self>],
+        bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
         offsets: &[usize],
         quant: Quantizer,
@@ -83,10 +85,11 @@ pub(crate) fn rank_of<B: Backend>(lora: Option<&GroupedLora<B>>, experts: usize)
 }
 
 /// The forward of a plain (non-autodiff) backend: per expert, its rows times `Wq_eᵀ` (built
-/// with [`quantized_weight`]), concatenated.
+/// with [`quantized_weight`]) plus `bias[e]` (added while the block is hot), concatenated.
 pub fn grouped_forward<B: Backend>(
     x: FloatTensor<B>,
     bases: &[BaseWeight<B>],
+    bias: Option<&Tensor<B, 2>>,
     lora: Option<&GroupedLora<B>>,
     offsets: &[usize],
     quant: Quantizer,
@@ -99,7 +102,11 @@ pub fn grouped_forward<B: Backend>(
     for (e, start, len) in expert_rows(offsets) {
         let lora_e = lora.map(|l| l.expert(e, rank));
         let wq = quantized_weight(&bases[e], lora_e.as_ref(), quant, &device)?;
-        parts.push(x.clone().narrow(0, start, len).matmul(wq.transpose()));
+        let y = x.clone().narrow(0, start, len).matmul(wq.transpose());
+        parts.push(match bias {
+            Some(b) => y + b.clone().narrow(0, e, 1),
+            None => y,
+        });
     }
     let y = if parts.is_empty() {
         Tensor::<B, 2>::zeros([0, out], &device)
@@ -113,11 +120,12 @@ impl GroupedLoraLinearBackend for burn::backend::Flex {
     fn grouped_lora_linear(
         x: FloatTensor<Self>,
         bases: &[BaseWeight<Self>],
+        bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
         offsets: &[usize],
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError> {
-        grouped_forward::<Self>(x, bases, lora, offsets, quant)
+        grouped_forward::<Self>(x, bases, bias, lora, offsets, quant)
     }
 }
 
@@ -126,11 +134,12 @@ impl GroupedLoraLinearBackend for burn::backend::Cuda {
     fn grouped_lora_linear(
         x: FloatTensor<Self>,
         bases: &[BaseWeight<Self>],
+        bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
         offsets: &[usize],
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError> {
-        grouped_forward::<Self>(x, bases, lora, offsets, quant)
+        grouped_forward::<Self>(x, bases, bias, lora, offsets, quant)
     }
 }
 
@@ -152,6 +161,7 @@ fn length(what: &'static str, expected: usize, got: usize) -> Result<(), CodecEr
 fn check_grouped<B: Backend>(
     x_dims: [usize; 2],
     bases: &[BaseWeight<B>],
+    bias: Option<&Tensor<B, 2>>,
     lora: Option<&GroupedLora<B>>,
     offsets: &[usize],
 ) -> Result<(), CodecError> {
@@ -175,6 +185,11 @@ fn check_grouped<B: Backend>(
         length("expert weight columns (`in` of expert 0)", inp, i)?;
     }
     length("x columns (the expert weights' `in`)", inp, x_dims[1])?;
+    if let Some(b) = bias {
+        let [be, bo] = b.dims();
+        length("grouped bias rows (experts)", experts, be)?;
+        length("grouped bias columns (the weights' `out`)", out, bo)?;
+    }
     if let Some(l) = lora {
         let [ar, a_in] = l.a.dims();
         let [b_out, br] = l.b.dims();
@@ -203,7 +218,25 @@ pub fn grouped_lora_linear<B: LoraLinearBackend>(
     offsets: &[usize],
     quant: Quantizer,
 ) -> Result<Tensor<B, 2>, CodecError> {
-    check_grouped(x.dims(), bases, lora, offsets)?;
-    let y = B::grouped_lora_linear(x.into_primitive().tensor(), bases, lora, offsets, quant)?;
+    grouped_lora_linear_frozen_bias(x, bases, None, lora, offsets, quant)
+}
+
+/// [`grouped_lora_linear`] plus row `e` of a frozen `bias [E, out]` on the rows of expert `e`,
+/// added inside the op per expert block (no `[N, out]` gather of the bias). The bias is a
+/// constant of the op: it gets no gradient (pass a trainable bias through burn ops instead).
+///
+/// Errors: those of [`grouped_lora_linear`], and [`CodecError::Length`] for a bias that is not
+/// `[E, out]`.
+pub fn grouped_lora_linear_frozen_bias<B: LoraLinearBackend>(
+    x: Tensor<B, 2>,
+    bases: &[BaseWeight<B>],
+    bias: Option<&Tensor<B, 2>>,
+    lora: Option<&GroupedLora<B>>,
+    offsets: &[usize],
+    quant: Quantizer,
+) -> Result<Tensor<B, 2>, CodecError> {
+    check_grouped(x.dims(), bases, bias, lora, offsets)?;
+    let x = x.into_primitive().tensor();
+    let y = B::grouped_lora_linear(x, bases, bias, lora, offsets, quant)?;
     Ok(Tensor::from_primitive(TensorPrimitive::Float(y)))
 }

@@ -183,14 +183,24 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
     fn grouped_lora_linear(
         x: FloatTensor<Self>,
         bases: &[BaseWeight<Self>],
+        bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
         offsets: &[usize],
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError> {
         let bases_inner: Vec<_> = bases.iter().map(BaseWeight::inner).collect();
+        // frozen: a constant of the op (dy passes through the add unchanged, no bias gradient)
+        let bias_inner = bias.map(|b| b.clone().inner());
+        let bias = bias_inner.as_ref();
         let Some(lora) = lora else {
-            let y =
-                B::grouped_lora_linear(x.primitive.clone(), &bases_inner, None, offsets, quant)?;
+            let y = B::grouped_lora_linear(
+                x.primitive.clone(),
+                &bases_inner,
+                bias,
+                None,
+                offsets,
+                quant,
+            )?;
             let prep = GroupedBaseBackward
                 .prepare::<C>([x.node.clone()])
                 .compute_bound()
@@ -206,6 +216,7 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
         let y = B::grouped_lora_linear(
             x.primitive.clone(),
             &bases_inner,
+            bias,
             Some(&lora.inner()),
             offsets,
             quant,

@@ -11,7 +11,10 @@ mod quant;
 mod reference;
 mod weight;
 
-pub use grouped::{grouped_forward, grouped_lora_linear, GroupedLora, GroupedLoraLinearBackend};
+pub use grouped::{
+    grouped_forward, grouped_lora_linear, grouped_lora_linear_frozen_bias, GroupedLora,
+    GroupedLoraLinearBackend,
+};
 pub use linear::{forward, lora_linear, LoraLinearBackend};
 pub use merge::add_lora_delta;
 pub use quant::{fake_quantize_slice, merged_weight, quantized_weight};
