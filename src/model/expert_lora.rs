@@ -6,7 +6,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use kernels::ops::Lora;
+use kernels::ops::{GroupedLora, Lora};
 
 /// Per-expert LoRA factors of `gate_up_proj` or `down_proj`; trainable.
 #[derive(Module, Debug)]
@@ -91,6 +91,17 @@ impl<B: Backend> ExpertLora<B> {
         Lora {
             a: self.lora_a[e].val(),
             b: self.lora_b[e].val(),
+            scale: self.scale,
+        }
+    }
+
+    /// All experts' factors for the grouped op, stacked expert-major (`A [E·r, in]`,
+    /// `B [out, E·r]` with columns `e·r..(e+1)·r` = `B_e`, not PEFT's rank-major order). Built
+    /// with `cat` per forward: its backward only narrows the gradient back to each expert.
+    pub fn grouped(&self) -> GroupedLora<B> {
+        GroupedLora {
+            a: Tensor::cat(self.lora_a.iter().map(|p| p.val()).collect(), 0),
+            b: Tensor::cat(self.lora_b.iter().map(|p| p.val()).collect(), 1),
             scale: self.scale,
         }
     }
@@ -183,5 +194,10 @@ mod tests {
         );
         assert_eq!(sa.into_data().to_vec::<f32>().unwrap(), a);
         assert_eq!(sb.into_data().to_vec::<f32>().unwrap(), b);
+        // grouped: B's columns e·r..(e+1)·r are B_e
+        let g = l.grouped();
+        assert_eq!(g.a.into_data().to_vec::<f32>().unwrap(), a);
+        let gb = g.b.narrow(1, 2 * 2, 2).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(gb, want);
     }
 }

@@ -1,5 +1,7 @@
 //! The experts of one layer (`mlp.experts`): packed MXFP4 weights decoded per expert, biases,
-//! optional per-expert LoRA (PEFT stacking), computed grouped by expert.
+//! optional per-expert LoRA (PEFT stacking), computed grouped by expert: with the custom op, all
+//! experts of a projection run as one grouped op on the rows sorted by expert; the reference
+//! path runs `lora_linear_reference` per expert on its gathered rows.
 
 use std::sync::Arc;
 
@@ -7,11 +9,11 @@ use anyhow::Context;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Tensor};
-use kernels::ops::{BaseWeight, LoraLinearBackend, PackedWeight};
+use kernels::ops::{grouped_lora_linear_frozen_bias, BaseWeight, LoraLinearBackend, PackedWeight};
 
 use super::expert_lora::ExpertLora;
 use super::grouping::ExpertGroups;
-use super::mode::ForwardMode;
+use super::mode::{ForwardMode, GradPath};
 use super::router::Routing;
 use super::swiglu::swiglu;
 
@@ -66,6 +68,37 @@ impl<B: LoraLinearBackend> ExpertProjection<B> {
                 None => format!("expert {e}"),
             })
     }
+
+    /// All experts on their rows: `x [N, in]` sorted by expert as in `groups` -> `[N, out]`
+    /// through the grouped op (one autodiff node), plus each row's expert bias (frozen, added
+    /// inside the op per expert block).
+    pub fn forward_grouped(
+        &self,
+        x: Tensor<B, 2>,
+        groups: &ExpertGroups<B>,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 2>> {
+        let bases: Vec<BaseWeight<B>> = self
+            .packed
+            .iter()
+            .map(|p| BaseWeight::Packed(Arc::clone(p)))
+            .collect();
+        let lora = self.lora.as_ref().map(ExpertLora::grouped);
+        let quant = mode.expert_quantizer(lora.is_some());
+        let bias = self.bias.val();
+        grouped_lora_linear_frozen_bias(
+            x,
+            &bases,
+            Some(&bias),
+            lora.as_ref(),
+            &groups.offsets,
+            quant,
+        )
+        .with_context(|| match &self.lora {
+            Some(l) => format!("experts of {}", l.key),
+            None => "experts".to_string(),
+        })
+    }
 }
 
 /// `model.layers.{l}.mlp.experts`.
@@ -97,6 +130,19 @@ impl<B: LoraLinearBackend> Experts<B> {
             &x.device(),
         )?;
         let scores = routing.scores.reshape([tokens * top_k]);
+        let zeros = Tensor::<B, 2>::zeros([tokens, hidden], &x.device());
+        if groups.groups.is_empty() {
+            return Ok(zeros);
+        }
+        if mode.path == GradPath::CustomOp {
+            let xs = x.select(0, groups.order.clone());
+            let h = self.gate_up_proj.forward_grouped(xs, &groups, mode)?;
+            let y = self
+                .down_proj
+                .forward_grouped(swiglu(h, self.limit), &groups, mode)?;
+            let w = scores.select(0, groups.slots.clone()).unsqueeze_dim::<2>(1);
+            return Ok(zeros.select_assign(0, groups.order, y * w, IndexingUpdateOp::Add));
+        }
         let mut outputs = Vec::with_capacity(groups.groups.len());
         for g in &groups.groups {
             let xe = x.clone().select(0, g.tokens.clone());
@@ -109,10 +155,6 @@ impl<B: LoraLinearBackend> Experts<B> {
                 .select(0, g.slots.clone())
                 .unsqueeze_dim::<2>(1);
             outputs.push(y * w);
-        }
-        let zeros = Tensor::<B, 2>::zeros([tokens, hidden], &x.device());
-        if outputs.is_empty() {
-            return Ok(zeros);
         }
         Ok(zeros.select_assign(
             0,

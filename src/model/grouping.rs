@@ -1,5 +1,7 @@
 //! Grouping of routed tokens by expert: the (token, slot) assignments sorted by expert id, so each
-//! expert multiplies only its own tokens (gathered with `select`) and empty experts are skipped.
+//! expert multiplies only its own tokens and empty experts are skipped. Two views of one plan:
+//! per-expert groups (the reference path gathers each with `select`) and the flat sorted order
+//! with per-expert row offsets (the grouped op takes all experts' rows at once).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -17,13 +19,17 @@ pub struct ExpertGroup<B: Backend> {
     pub len: usize,
 }
 
-/// Every non-empty expert's group, by ascending expert id, and the concatenated token order.
+/// Every non-empty expert's group, by ascending expert id, and the concatenated order.
 #[derive(Debug, Clone)]
 pub struct ExpertGroups<B: Backend> {
     /// Non-empty groups only.
     pub groups: Vec<ExpertGroup<B>>,
-    /// The token rows of all groups, concatenated in group order (the scatter index).
+    /// The token rows of all groups, concatenated in group order (gather and scatter index).
     pub order: Tensor<B, 1, Int>,
+    /// The flat score slots of all groups, in the same order as `order`.
+    pub slots: Tensor<B, 1, Int>,
+    /// `experts + 1` entries: expert `e` owns rows `offsets[e]..offsets[e+1]` of `order`.
+    pub offsets: Vec<usize>,
 }
 
 /// Host-side plan: for each expert, the `(token, flat slot)` pairs routed to it.
@@ -55,12 +61,17 @@ impl<B: Backend> ExpertGroups<B> {
         };
         let mut groups = Vec::new();
         let mut order = Vec::with_capacity(flat.len());
+        let mut all_slots = Vec::with_capacity(flat.len());
+        let mut offsets = Vec::with_capacity(experts + 1);
+        offsets.push(0);
         for (expert, pairs) in plan(flat, top_k, experts)?.into_iter().enumerate() {
+            offsets.push(offsets[expert] + pairs.len());
             if pairs.is_empty() {
                 continue;
             }
             let (tokens, slots): (Vec<i64>, Vec<i64>) = pairs.into_iter().unzip();
             order.extend_from_slice(&tokens);
+            all_slots.extend_from_slice(&slots);
             groups.push(ExpertGroup {
                 expert,
                 len: tokens.len(),
@@ -71,6 +82,8 @@ impl<B: Backend> ExpertGroups<B> {
         Ok(Self {
             groups,
             order: int(order),
+            slots: int(all_slots),
+            offsets,
         })
     }
 }
@@ -90,5 +103,18 @@ mod tests {
         assert_eq!(p[3], vec![(1, 3), (2, 5)]);
         assert!(plan(&[4], 1, 4).is_err());
         assert!(plan(&[-1], 1, 4).is_err());
+    }
+
+    #[test]
+    fn flat_order_slots_and_offsets_follow_the_plan() {
+        let idx = [2, 0, 0, 3, 2, 3];
+        let g = ExpertGroups::<burn::backend::Flex>::new(&idx, 2, 4, &Default::default()).unwrap();
+        let ints = |t: &Tensor<burn::backend::Flex, 1, Int>| {
+            t.to_data().convert::<i64>().to_vec::<i64>().unwrap()
+        };
+        assert_eq!(g.offsets, vec![0, 2, 2, 4, 6]);
+        assert_eq!(ints(&g.order), vec![0, 1, 0, 2, 1, 2]);
+        assert_eq!(ints(&g.slots), vec![1, 2, 0, 4, 3, 5]);
+        assert_eq!(g.groups.len(), 3);
     }
 }
