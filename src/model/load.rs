@@ -44,15 +44,7 @@ fn dense<B: Backend, const D: usize>(
 
 /// The model's rotary parameters from the checkpoint config.
 pub fn yarn_params(c: &GptOssConfig) -> YarnParams {
-    YarnParams {
-        theta: c.rope.theta,
-        factor: c.rope.factor,
-        beta_fast: c.rope.beta_fast,
-        beta_slow: c.rope.beta_slow,
-        original_max_position_embeddings: c.rope.original_max_position_embeddings,
-        truncate: c.rope.truncate,
-        attention_factor: c.rope.attention_factor,
-    }
+    c.rope.clone()
 }
 
 /// The base dimensions an adapter is validated against.

@@ -5,35 +5,10 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-/// YaRN parameters (config `rope_scaling` / `rope_parameters`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct YarnParams {
-    /// Base wavelength (`rope_theta`, 150000 for gpt-oss).
-    pub theta: f64,
-    /// Context extension factor (32).
-    pub factor: f64,
-    /// Extrapolation boundary in rotations (32).
-    pub beta_fast: f64,
-    /// Interpolation boundary in rotations (1).
-    pub beta_slow: f64,
-    /// Pre-training context length (4096).
-    pub original_max_position_embeddings: usize,
-    /// Whether the correction range is rounded outward to integers (false for gpt-oss).
-    pub truncate: bool,
-    /// Explicit cos/sin scale; `None` means `0.1·ln(factor) + 1`.
-    pub attention_factor: Option<f64>,
-}
+/// YaRN parameters: the checkpoint config's rope section (`rope_scaling` / `rope_parameters`).
+pub type YarnParams = crate::checkpoint::RopeConfig;
 
 impl YarnParams {
-    /// The cos/sin scale: explicit, else `0.1·ln(factor) + 1` (1 when factor <= 1).
-    pub fn attention_scale(&self) -> f64 {
-        match self.attention_factor {
-            Some(f) => f,
-            None if self.factor <= 1.0 => 1.0,
-            None => 0.1 * self.factor.ln() + 1.0,
-        }
-    }
-
     /// The `head_dim / 2` inverse frequencies, rounded to f32 like transformers' buffer.
     pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
         let dim = head_dim as f64;
@@ -80,7 +55,7 @@ impl<B: Backend> RopeTables<B> {
     /// Tables for positions `0..seq` (angles in f32 like transformers, cos/sin evaluated exactly).
     pub fn new(params: &YarnParams, head_dim: usize, seq: usize, device: &B::Device) -> Self {
         let inv_freq = params.inv_freq(head_dim);
-        let scale = params.attention_scale();
+        let scale = params.attention_scaling();
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
@@ -144,7 +119,7 @@ mod tests {
     #[test]
     fn inv_freq_matches_transformers() {
         let p = gpt_oss();
-        assert!((p.attention_scale() - 1.3465735902799727).abs() < 1e-12);
+        assert!((p.attention_scaling() - 1.3465735902799727).abs() < 1e-12);
         let got = p.inv_freq(16);
         for (g, w) in got.iter().zip(INV_FREQ_16) {
             assert!(((*g as f64) - w).abs() <= 1e-7 * w, "{got:?}");

@@ -71,6 +71,21 @@ pub(crate) fn check_packed_lengths(
     Ok(())
 }
 
+impl CodecError {
+    /// `Ok` when `got == expected`, else a [`CodecError::Length`] naming `what`.
+    pub fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<(), CodecError> {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(CodecError::Length {
+                what,
+                expected,
+                got,
+            })
+        }
+    }
+}
+
 /// Checks that an input and an output slice have the same length, a multiple of 32.
 pub(crate) fn check_same_lengths(n: usize, out: usize) -> Result<(), CodecError> {
     if !n.is_multiple_of(super::BLOCK) {

@@ -8,6 +8,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
@@ -16,16 +17,18 @@ use super::quant::quantized_weight;
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
 
-fn wrap<B: LoraLinearBackend>(t: FloatTensor<B>) -> Tensor<B, 2> {
+/// A float primitive as a rank-2 tensor.
+pub(super) fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-fn unwrap<B: LoraLinearBackend>(t: Tensor<B, 2>) -> FloatTensor<B> {
+/// A rank-2 tensor as its float primitive.
+pub(super) fn unwrap<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
 /// `Wq` rebuilt in backward from the same inputs the forward already quantized successfully.
-fn recompute_wq<B: LoraLinearBackend>(
+pub(super) fn recompute_wq<B: Backend>(
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
     quant: Quantizer,

@@ -143,18 +143,6 @@ impl GroupedLoraLinearBackend for burn::backend::Cuda {
     }
 }
 
-fn length(what: &'static str, expected: usize, got: usize) -> Result<(), CodecError> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(CodecError::Length {
-            what,
-            expected,
-            got,
-        })
-    }
-}
-
 /// Checks `x [N, in]`, the bases (all `[out, in]`), the stacked factors and the offsets
 /// (`E + 1` entries, `0`, non-decreasing, ending at `N`); the first mismatch as
 /// [`CodecError::Length`].
@@ -166,8 +154,8 @@ fn check_grouped<B: Backend>(
     offsets: &[usize],
 ) -> Result<(), CodecError> {
     let experts = bases.len();
-    length("offsets entries (experts + 1)", experts + 1, offsets.len())?;
-    length("offsets[0]", 0, offsets[0])?;
+    CodecError::expect_len("offsets entries (experts + 1)", experts + 1, offsets.len())?;
+    CodecError::expect_len("offsets[0]", 0, offsets[0])?;
     for w in offsets.windows(2) {
         if w[1] < w[0] {
             return Err(CodecError::Length {
@@ -177,27 +165,27 @@ fn check_grouped<B: Backend>(
             });
         }
     }
-    length("offsets[E] (rows of x)", x_dims[0], offsets[experts])?;
+    CodecError::expect_len("offsets[E] (rows of x)", x_dims[0], offsets[experts])?;
     let [out, inp] = bases.first().map_or([0, x_dims[1]], |b| b.shape());
     for b in bases {
         let [o, i] = b.shape();
-        length("expert weight rows (`out` of expert 0)", out, o)?;
-        length("expert weight columns (`in` of expert 0)", inp, i)?;
+        CodecError::expect_len("expert weight rows (`out` of expert 0)", out, o)?;
+        CodecError::expect_len("expert weight columns (`in` of expert 0)", inp, i)?;
     }
-    length("x columns (the expert weights' `in`)", inp, x_dims[1])?;
+    CodecError::expect_len("x columns (the expert weights' `in`)", inp, x_dims[1])?;
     if let Some(b) = bias {
         let [be, bo] = b.dims();
-        length("grouped bias rows (experts)", experts, be)?;
-        length("grouped bias columns (the weights' `out`)", out, bo)?;
+        CodecError::expect_len("grouped bias rows (experts)", experts, be)?;
+        CodecError::expect_len("grouped bias columns (the weights' `out`)", out, bo)?;
     }
     if let Some(l) = lora {
         let [ar, a_in] = l.a.dims();
         let [b_out, br] = l.b.dims();
         let rank = rank_of(lora, experts);
-        length("grouped LoRA A rows (experts · r)", experts * rank, ar)?;
-        length("grouped LoRA A columns (the weights' `in`)", inp, a_in)?;
-        length("grouped LoRA B rows (the weights' `out`)", out, b_out)?;
-        length("grouped LoRA B columns (experts · r)", ar, br)?;
+        CodecError::expect_len("grouped LoRA A rows (experts · r)", experts * rank, ar)?;
+        CodecError::expect_len("grouped LoRA A columns (the weights' `in`)", inp, a_in)?;
+        CodecError::expect_len("grouped LoRA B rows (the weights' `out`)", out, b_out)?;
+        CodecError::expect_len("grouped LoRA B columns (experts · r)", ar, br)?;
     }
     Ok(())
 }

@@ -11,35 +11,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::Tensor;
 
+use super::autodiff::{recompute_wq, unwrap, wrap};
 use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
 use super::linear::LoraLinearBackend;
-use super::quant::quantized_weight;
-use super::weight::{BaseWeight, Lora, Quantizer};
+use super::weight::{BaseWeight, Quantizer};
 use crate::mxfp4::CodecError;
-
-fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 2> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn unwrap<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-/// `Wq_e` rebuilt in backward from the inputs the forward already quantized successfully.
-fn recompute_wq<B: Backend>(
-    base: &BaseWeight<B>,
-    lora: Option<&Lora<B>>,
-    quant: Quantizer,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    // The forward built every Wq_e from these very (immutable) tensors with the same
-    // deterministic code and returned its error instead of an output: failing here is an
-    // invariant violation, not a user error.
-    quantized_weight(base, lora, quant, device)
-        .expect("Wq_e was quantized successfully in forward from the same inputs")
-}
 
 /// `dx = cat_e(dy_e · Wq_e)` (`[0, in]` when there are no rows).
 fn grad_x<B: Backend>(

@@ -10,18 +10,6 @@ use crate::mxfp4::CodecError;
 /// Rows per rayon task are chosen so that a task covers about this many elements.
 const TASK_ELEMENTS: usize = 1 << 16;
 
-fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), CodecError> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(CodecError::Length {
-            what,
-            expected,
-            got,
-        })
-    }
-}
-
 /// Adds `scale · b · a` to the row-major `[out, in]` weight `w` (`a [r, in]`, `b [out, r]`,
 /// row-major), with the arithmetic in the module doc. Multi-threaded over rows; the result
 /// does not depend on the thread count. Errors on slice lengths that do not match the shapes.
@@ -33,9 +21,9 @@ pub fn add_lora_delta(
     rank: usize,
     scale: f32,
 ) -> Result<(), CodecError> {
-    check_len("merged weight (out * in)", out * inp, w.len())?;
-    check_len("LoRA A (r * in)", rank * inp, a.len())?;
-    check_len("LoRA B (out * r)", out * rank, b.len())?;
+    CodecError::expect_len("merged weight (out * in)", out * inp, w.len())?;
+    CodecError::expect_len("LoRA A (r * in)", rank * inp, a.len())?;
+    CodecError::expect_len("LoRA B (out * r)", out * rank, b.len())?;
     if inp == 0 || rank == 0 {
         return Ok(());
     }

@@ -109,27 +109,16 @@ pub fn check_shapes<B: Backend>(
     lora: Option<&Lora<B>>,
 ) -> Result<(), CodecError> {
     let [out, inp] = base.shape();
-    let check = |what: &'static str, expected: usize, got: usize| {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(CodecError::Length {
-                what,
-                expected,
-                got,
-            })
-        }
-    };
-    check("x columns (the base weight's `in`)", inp, x_dims[1])?;
+    CodecError::expect_len("x columns (the base weight's `in`)", inp, x_dims[1])?;
     if let Some(len) = bias_len {
-        check("bias length (the base weight's `out`)", out, len)?;
+        CodecError::expect_len("bias length (the base weight's `out`)", out, len)?;
     }
     if let Some(l) = lora {
         let [r, a_in] = l.a.dims();
         let [b_out, b_r] = l.b.dims();
-        check("LoRA A columns (the base weight's `in`)", inp, a_in)?;
-        check("LoRA B rows (the base weight's `out`)", out, b_out)?;
-        check("LoRA B columns (the rank of A)", r, b_r)?;
+        CodecError::expect_len("LoRA A columns (the base weight's `in`)", inp, a_in)?;
+        CodecError::expect_len("LoRA B rows (the base weight's `out`)", out, b_out)?;
+        CodecError::expect_len("LoRA B columns (the rank of A)", r, b_r)?;
     }
     Ok(())
 }
