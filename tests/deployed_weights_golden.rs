@@ -1,0 +1,155 @@
+//! "What is trained is what is served": the weights the QAT forward computes with — built by the
+//! same code path the op uses (`kernels::ops::add_lora_delta`, the fixed-order merge, then the
+//! codec) — equal the exported checkpoint that transformers + PEFT produce for the fixture
+//! adapter (`export.*` in golden.safetensors: bf16 attention weights, U8 expert blocks/scales).
+//! Tolerances from golden.json: scales identical; blocks identical except at most 1e-4 of the
+//! nibbles, each one code step away; bf16 identical except at most 1e-4 of the elements, each one
+//! ulp away (the golden summed W+dW in f64, we sum in f32).
+
+use std::path::PathBuf;
+
+use adapters::{AttnProj, ExpertProj as LoraExpertProj, LoraAdapter};
+use kernels::mxfp4;
+use kernels::ops::add_lora_delta;
+use lora_qat::checkpoint::{names, Checkpoint, ExpertProj};
+use safetensors::SafeTensors;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt-oss")
+}
+
+/// Counts of (differing, far-off) elements between two bf16 byte strings (far = more than 1 ulp).
+fn bf16_diffs(got: &[u8], want: &[u8]) -> (usize, usize) {
+    let (mut diff, mut far) = (0, 0);
+    for (g, w) in got.chunks_exact(2).zip(want.chunks_exact(2)) {
+        let (g, w) = (
+            u16::from_le_bytes([g[0], g[1]]),
+            u16::from_le_bytes([w[0], w[1]]),
+        );
+        if g != w {
+            diff += 1;
+            if (g as i32 - w as i32).abs() != 1 {
+                far += 1;
+            }
+        }
+    }
+    (diff, far)
+}
+
+/// Counts of (differing, far-off) nibbles between two packed MXFP4 block strings; a nibble is
+/// one code step away when its sign agrees and its magnitude code differs by one, or both are
+/// the smallest non-zero code and zero.
+fn nibble_diffs(got: &[u8], want: &[u8]) -> (usize, usize) {
+    let (mut diff, mut far) = (0, 0);
+    for (&g, &w) in got.iter().zip(want) {
+        for shift in [0, 4] {
+            let (a, b) = ((g >> shift) & 0xF, (w >> shift) & 0xF);
+            if a == b {
+                continue;
+            }
+            diff += 1;
+            let (ma, mb) = (a & 7, b & 7);
+            let same_sign = (a & 8) == (b & 8) || ma == 0 || mb == 0;
+            if !(same_sign && (ma as i32 - mb as i32).abs() == 1) {
+                far += 1;
+            }
+        }
+    }
+    (diff, far)
+}
+
+#[test]
+fn deployed_weights_equal_the_reference_export() {
+    let dir = fixture();
+    let ckpt = Checkpoint::open(&dir.join("base")).expect("fixture base opens");
+    let adapter = LoraAdapter::load(&dir.join("adapter")).expect("fixture adapter loads");
+    let golden_bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden");
+    let golden = SafeTensors::deserialize(&golden_bytes).expect("golden parses");
+    let layers = ckpt.config().num_hidden_layers;
+    let (mut bf16_total, mut bf16_diff, mut nib_total, mut nib_diff) = (0, 0, 0, 0);
+    let mut checked = 0;
+
+    for l in 0..layers {
+        for (proj, name) in AttnProj::ALL
+            .iter()
+            .zip(["q_proj", "k_proj", "v_proj", "o_proj"])
+        {
+            let Some(lo) = adapter.attention(l, *proj) else {
+                continue;
+            };
+            let tensor = names::attn_weight(l, name);
+            let mut w = ckpt.bf16_to_f32(&tensor).expect("attention weight");
+            let shape = [lo.out_features, lo.in_features];
+            add_lora_delta(&mut w, shape, lo.a, lo.b, lo.r, lo.scale).expect("merge");
+            let mut got = vec![0u8; w.len() * 2];
+            kernels::bf16::encode_le(&w, &mut got).expect("encode");
+            let want = golden
+                .tensor(&format!("export.{tensor}"))
+                .expect("golden export");
+            let (diff, far) = bf16_diffs(&got, want.data());
+            assert_eq!(
+                far, 0,
+                "{tensor}: {far} elements more than one bf16 ulp away"
+            );
+            bf16_total += w.len();
+            bf16_diff += diff;
+            checked += 1;
+        }
+        for (proj, lproj) in [
+            (ExpertProj::GateUp, LoraExpertProj::GateUp),
+            (ExpertProj::Down, LoraExpertProj::Down),
+        ] {
+            let Some(lo) = adapter.experts(l, lproj) else {
+                continue;
+            };
+            let packed = ckpt.experts(l, proj).expect("packed experts");
+            let (rows, cols, r, n) = (packed.rows, packed.cols, lo.r, lo.experts);
+            let (mut blocks, mut scales) = (Vec::new(), Vec::new());
+            for e in 0..n {
+                let mut w = vec![0f32; rows * cols];
+                mxfp4::dequantize(packed.expert_blocks(e), packed.expert_scales(e), &mut w)
+                    .expect("dequantize");
+                let a_e = &lo.a[e * r * cols..(e + 1) * r * cols];
+                let b_e: Vec<f32> = (0..rows)
+                    .flat_map(|o| (0..r).map(move |j| (o, j)))
+                    .map(|(o, j)| lo.b[o * r * n + j * n + e])
+                    .collect();
+                add_lora_delta(&mut w, [rows, cols], a_e, &b_e, r, lo.scale).expect("merge");
+                let mut eb = vec![0u8; w.len() / 2];
+                let mut es = vec![0u8; w.len() / 32];
+                mxfp4::quantize(&w, &mut eb, &mut es).expect("quantize");
+                blocks.extend(eb);
+                scales.extend(es);
+            }
+            let stem = format!("model.layers.{l}.mlp.experts.{}", proj.stem());
+            let want_s = golden
+                .tensor(&format!("export.{stem}_scales"))
+                .expect("scales");
+            assert_eq!(scales, want_s.data(), "{stem}_scales differ");
+            let want_b = golden
+                .tensor(&format!("export.{stem}_blocks"))
+                .expect("blocks");
+            let (diff, far) = nibble_diffs(&blocks, want_b.data());
+            assert_eq!(
+                far, 0,
+                "{stem}_blocks: {far} nibbles more than one code away"
+            );
+            nib_total += blocks.len() * 2;
+            nib_diff += diff;
+            checked += 1;
+        }
+    }
+    // 16 attention projections (4 layers) and 6 expert projections (layers 0, 1, 3)
+    assert_eq!(
+        checked, 22,
+        "every exported tensor of the golden set is checked"
+    );
+    assert!(
+        bf16_diff as f64 <= 1e-4 * bf16_total as f64,
+        "{bf16_diff} of {bf16_total} bf16 elements differ"
+    );
+    assert!(
+        nib_diff as f64 <= 1e-4 * nib_total as f64,
+        "{nib_diff} of {nib_total} nibbles differ"
+    );
+}
