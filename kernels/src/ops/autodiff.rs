@@ -13,7 +13,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::linear::LoraLinearBackend;
-use super::quant::quantized_weight;
+use super::quant::apply_weight_transposed;
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
 
@@ -27,16 +27,17 @@ pub(super) fn unwrap<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
-/// `Wq` rebuilt in backward from the same inputs the forward already quantized successfully.
-pub(super) fn recompute_wq<B: Backend>(
+/// `dy · Wq` in backward ([`apply_weight_transposed`]), from the same inputs the forward already
+/// quantized successfully.
+pub(super) fn grad_input<B: Backend>(
+    dy: Tensor<B, 2>,
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
     quant: Quantizer,
-    device: &B::Device,
 ) -> Tensor<B, 2> {
     // The forward built Wq from these very tensors (immutable) with the same deterministic code
     // and returned its error instead of an output, so a failure here is an invariant violation.
-    quantized_weight(base, lora, quant, device)
+    apply_weight_transposed(dy, base, lora, quant)
         .expect("Wq was quantized successfully in forward from the same inputs")
 }
 
@@ -52,8 +53,7 @@ impl<B: LoraLinearBackend> Backward<B, 1> for BaseLinearBackward {
         let dy = wrap::<B>(grads.consume::<B>(&ops.node));
         let [x_node] = ops.parents;
         if let Some(node) = x_node {
-            let wq = recompute_wq(&base, None, quant, &dy.device());
-            grads.register::<B>(node.id, unwrap(dy.matmul(wq)));
+            grads.register::<B>(node.id, unwrap(grad_input(dy, &base, None, quant)));
         }
     }
 }
@@ -115,8 +115,8 @@ impl<B: LoraLinearBackend> Backward<B, 3> for LoraLinearBackward {
                 b: b.clone(),
                 scale: st.scale,
             };
-            let wq = recompute_wq(&st.base, Some(&lora), st.quant, &dy.device());
-            grads.register::<B>(node.id, unwrap(dy.clone().matmul(wq)));
+            let dx = grad_input(dy.clone(), &st.base, Some(&lora), st.quant);
+            grads.register::<B>(node.id, unwrap(dx));
         }
         if let (Some(node), Some(x), Some(b)) = (a_node, &x, b) {
             // [n, r] first, scaled there: the products stay rank-sized.

@@ -9,7 +9,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::linear::LoraLinearBackend;
-use super::quant::quantized_weight;
+use super::quant::apply_weight;
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
 
@@ -101,8 +101,12 @@ pub fn grouped_forward<B: Backend>(
     let mut parts = Vec::with_capacity(bases.len());
     for (e, start, len) in expert_rows(offsets) {
         let lora_e = lora.map(|l| l.expert(e, rank));
-        let wq = quantized_weight(&bases[e], lora_e.as_ref(), quant, &device)?;
-        let y = x.clone().narrow(0, start, len).matmul(wq.transpose());
+        let y = apply_weight(
+            x.clone().narrow(0, start, len),
+            &bases[e],
+            lora_e.as_ref(),
+            quant,
+        )?;
         parts.push(match bias {
             Some(b) => y + b.clone().narrow(0, e, 1),
             None => y,

@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
-use super::autodiff::{recompute_wq, unwrap, wrap};
+use super::autodiff::{grad_input, unwrap, wrap};
 use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
 use super::linear::LoraLinearBackend;
 use super::weight::{BaseWeight, Quantizer};
@@ -32,8 +32,12 @@ fn grad_x<B: Backend>(
     let parts: Vec<_> = expert_rows(offsets)
         .map(|(e, start, len)| {
             let lora_e = lora.map(|l| l.expert(e, rank));
-            let wq = recompute_wq(&bases[e], lora_e.as_ref(), quant, &device);
-            dy.clone().narrow(0, start, len).matmul(wq)
+            grad_input(
+                dy.clone().narrow(0, start, len),
+                &bases[e],
+                lora_e.as_ref(),
+                quant,
+            )
         })
         .collect();
     let inp = bases.first().map_or(0, |b| b.shape()[1]);

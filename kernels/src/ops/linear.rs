@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::quant::{check_shapes, quantized_weight};
+use super::quant::{apply_weight, check_shapes};
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
 
@@ -26,8 +26,8 @@ pub trait LoraLinearBackend: super::grouped::GroupedLoraLinearBackend {
     ) -> Result<FloatTensor<Self>, CodecError>;
 }
 
-/// The forward of a plain (non-autodiff) backend: build `Wq` on the device of `x`, then
-/// `x · Wqᵀ`.
+/// The forward of a plain (non-autodiff) backend: `x · Wqᵀ` on the device of `x`
+/// ([`apply_weight`]: low rank for `Quantizer::None`).
 pub fn forward<B: Backend>(
     x: FloatTensor<B>,
     base: &BaseWeight<B>,
@@ -40,8 +40,7 @@ pub fn forward<B: Backend>(
     let y = if n == 0 {
         Tensor::<B, 2>::zeros([0, base.shape()[0]], &device)
     } else {
-        let wq = quantized_weight(base, lora, quant, &device)?;
-        x.matmul(wq.transpose())
+        apply_weight(x, base, lora, quant)?
     };
     Ok(y.into_primitive().tensor())
 }

@@ -122,3 +122,44 @@ pub fn check_shapes<B: Backend>(
     }
     Ok(())
 }
+
+/// `x · Q(W + s·B·A)ᵀ` (`x [n, in] -> [n, out]`). With `Quantizer::None` and a LoRA, the low-rank
+/// form `x·Wᵀ + s·(x·Aᵀ)·Bᵀ` (PEFT's forward: no dense merge); otherwise through `Wq`.
+pub fn apply_weight<B: Backend>(
+    x: Tensor<B, 2>,
+    base: &BaseWeight<B>,
+    lora: Option<&Lora<B>>,
+    quant: Quantizer,
+) -> Result<Tensor<B, 2>, CodecError> {
+    let device = x.device();
+    Ok(match (quant, lora) {
+        (Quantizer::None, Some(l)) => {
+            let w = quantized_weight(base, None, Quantizer::None, &device)?;
+            let low = x
+                .clone()
+                .matmul(l.a.clone().transpose())
+                .mul_scalar(l.scale);
+            x.matmul(w.transpose()) + low.matmul(l.b.clone().transpose())
+        }
+        _ => x.matmul(quantized_weight(base, lora, quant, &device)?.transpose()),
+    })
+}
+
+/// `dy · Q(W + s·B·A)` (`dy [n, out] -> [n, in]`), the input gradient of [`apply_weight`]; the
+/// low-rank form `dy·W + s·(dy·B)·A` with `Quantizer::None` and a LoRA.
+pub fn apply_weight_transposed<B: Backend>(
+    dy: Tensor<B, 2>,
+    base: &BaseWeight<B>,
+    lora: Option<&Lora<B>>,
+    quant: Quantizer,
+) -> Result<Tensor<B, 2>, CodecError> {
+    let device = dy.device();
+    Ok(match (quant, lora) {
+        (Quantizer::None, Some(l)) => {
+            let w = quantized_weight(base, None, Quantizer::None, &device)?;
+            let low = dy.clone().matmul(l.b.clone()).mul_scalar(l.scale);
+            dy.matmul(w) + low.matmul(l.a.clone())
+        }
+        _ => dy.matmul(quantized_weight(base, lora, quant, &device)?),
+    })
+}
