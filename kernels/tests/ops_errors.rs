@@ -2,8 +2,7 @@
 //! never a NaN output), on Flex and Autodiff<Flex>, for both paths; mismatched shapes are a
 //! `CodecError::Length`.
 
-#[path = "ops_support.rs"]
-mod support;
+mod ops_support;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use kernels::mxfp4::CodecError;
 use kernels::ops::{
     lora_linear, lora_linear_reference, BaseWeight, Lora, LoraLinearBackend, OwnedPacked, Quantizer,
 };
-use support::{tensor2, Lcg};
+use ops_support::{tensor2, Lcg};
 
 const N: usize = 3;
 const IN: usize = 64;

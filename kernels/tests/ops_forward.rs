@@ -2,8 +2,7 @@
 //! the codec's scalar reference), on Flex and Autodiff<Flex>, for every quantizer, dense and
 //! packed bases, with/without bias and LoRA, and with no tokens.
 
-#[path = "ops_support.rs"]
-mod support;
+mod ops_support;
 
 use burn::backend::{Autodiff, Flex};
 use kernels::mxfp4::CodecError;
@@ -11,7 +10,7 @@ use kernels::ops::{
     add_lora_delta, lora_linear, lora_linear_reference, quantized_weight, LoraLinearBackend,
     Quantizer,
 };
-use support::{all_cases, rel_l2, tensor2, values, widen, Case, Data, Lcg};
+use ops_support::{all_cases, rel_l2, tensor2, values, widen, Case, Data, Lcg};
 
 /// Runs both paths on backend `B` and returns (custom, reference) outputs.
 fn run<B: LoraLinearBackend>(case: &Case, data: &Data) -> (Vec<f32>, Vec<f32>) {

@@ -2,13 +2,12 @@
 //! of the reference path through burn's own autodiff (relative L2 <= 1e-5), for every case; and
 //! for `Quantizer::None` they equal central finite differences in f64 over slices.
 
-#[path = "ops_support.rs"]
-mod support;
+mod ops_support;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
 use kernels::ops::{lora_linear, lora_linear_reference, BaseWeight, Lora, Quantizer};
-use support::{all_cases, rel_l2, tensor2, values, widen, Case, Data, Lcg};
+use ops_support::{all_cases, rel_l2, tensor2, values, widen, Case, Data, Lcg};
 
 type Ad = Autodiff<Flex>;
 

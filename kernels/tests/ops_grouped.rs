@@ -3,8 +3,7 @@
 //! bias (Flex and Autodiff<Flex>, rel L2 <= 1e-6) and gradients dx/dA/dB under Autodiff<Flex> (rel L2 <= 1e-5), for every quantizer,
 //! dense and packed bases, with and without LoRA, with empty experts and with no rows at all.
 
-#[path = "ops_support.rs"]
-mod support;
+mod ops_support;
 
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use kernels::ops::{
     grouped_lora_linear, grouped_lora_linear_frozen_bias, lora_linear, BaseWeight, GroupedLora,
     Lora, LoraLinearBackend, OwnedPacked, Quantizer,
 };
-use support::{rel_l2, tensor2, values, widen, Lcg};
+use ops_support::{rel_l2, tensor2, values, widen, Lcg};
 
 type Ad = Autodiff<Flex>;
 
