@@ -54,21 +54,12 @@ pub(crate) fn check_packed_lengths(
         });
     }
     let groups = n / super::BLOCK;
-    if blocks != groups * super::BLOCK_BYTES {
-        return Err(CodecError::Length {
-            what: "packed blocks (bytes, elements / 2)",
-            expected: groups * super::BLOCK_BYTES,
-            got: blocks,
-        });
-    }
-    if scales != groups {
-        return Err(CodecError::Length {
-            what: "scales (bytes, elements / 32)",
-            expected: groups,
-            got: scales,
-        });
-    }
-    Ok(())
+    CodecError::expect_len(
+        "packed blocks (bytes, elements / 2)",
+        groups * super::BLOCK_BYTES,
+        blocks,
+    )?;
+    CodecError::expect_len("scales (bytes, elements / 32)", groups, scales)
 }
 
 impl CodecError {
@@ -95,14 +86,7 @@ pub(crate) fn check_same_lengths(n: usize, out: usize) -> Result<(), CodecError>
             got: n,
         });
     }
-    if out != n {
-        return Err(CodecError::Length {
-            what: "output elements (must equal input elements)",
-            expected: n,
-            got: out,
-        });
-    }
-    Ok(())
+    CodecError::expect_len("output elements (must equal input elements)", n, out)
 }
 
 /// The first NaN/Inf in `x` as a [`CodecError::NonFinite`], if any.
