@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use lora_qat::cli::Cli;
 use tracing_subscriber::EnvFilter;
@@ -9,6 +11,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
