@@ -58,6 +58,28 @@ impl<B: LoraLinearBackend> Backward<B, 1> for BaseLinearBackward {
     }
 }
 
+/// `dA = s·(dy·B)ᵀ·x` (`[r, in]`), the `[n, r]` product formed and scaled first so every
+/// product stays rank-sized.
+pub(super) fn grad_a<B: Backend>(
+    dy: Tensor<B, 2>,
+    x: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    scale: f32,
+) -> Tensor<B, 2> {
+    dy.matmul(b).mul_scalar(scale).transpose().matmul(x)
+}
+
+/// `dB = s·dyᵀ·(x·Aᵀ)` (`[out, r]`), the `[n, r]` product formed and scaled first.
+pub(super) fn grad_b<B: Backend>(
+    dy: Tensor<B, 2>,
+    x: Tensor<B, 2>,
+    a: Tensor<B, 2>,
+    scale: f32,
+) -> Tensor<B, 2> {
+    dy.transpose()
+        .matmul(x.matmul(a.transpose()).mul_scalar(scale))
+}
+
 /// What the LoRA backward needs: checkpointed x/A/B (only those a gradient needs), the base, Q, s.
 #[derive(Debug, Clone)]
 struct LoraState<B: LoraLinearBackend> {
@@ -119,13 +141,10 @@ impl<B: LoraLinearBackend> Backward<B, 3> for LoraLinearBackward {
             grads.register::<B>(node.id, unwrap(dx));
         }
         if let (Some(node), Some(x), Some(b)) = (a_node, &x, b) {
-            // [n, r] first, scaled there: the products stay rank-sized.
-            let dy_b = dy.clone().matmul(b).mul_scalar(st.scale);
-            grads.register::<B>(node.id, unwrap(dy_b.transpose().matmul(x.clone())));
+            grads.register::<B>(node.id, unwrap(grad_a(dy.clone(), x.clone(), b, st.scale)));
         }
         if let (Some(node), Some(x), Some(a)) = (b_node, x, a) {
-            let x_at = x.matmul(a.transpose()).mul_scalar(st.scale);
-            grads.register::<B>(node.id, unwrap(dy.transpose().matmul(x_at)));
+            grads.register::<B>(node.id, unwrap(grad_b(dy, x, a, st.scale)));
         }
     }
 }

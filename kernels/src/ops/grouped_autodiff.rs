@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
-use super::autodiff::{grad_input, unwrap, wrap};
+use super::autodiff::{grad_a, grad_b, grad_input, unwrap, wrap};
 use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
 use super::linear::LoraLinearBackend;
 use super::weight::{BaseWeight, Quantizer};
@@ -116,14 +116,15 @@ impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
             grads.register::<B>(node.id, dx);
         }
         if let (Some(node), Some(x), Some(b)) = (a_node, &x, &b) {
-            // [n_e, r] first, scaled there: the products stay rank-sized.
             let parts = ranges.iter().enumerate().map(|(e, &(start, len))| {
                 if len == 0 {
                     return Tensor::zeros([rank, inp], &device);
                 }
-                let b_e = b.clone().narrow(1, e * rank, rank);
-                let dy_b = dy.clone().narrow(0, start, len).matmul(b_e).mul_scalar(s);
-                dy_b.transpose().matmul(x.clone().narrow(0, start, len))
+                let (dy_e, x_e) = (
+                    dy.clone().narrow(0, start, len),
+                    x.clone().narrow(0, start, len),
+                );
+                grad_a(dy_e, x_e, b.clone().narrow(1, e * rank, rank), s)
             });
             let da = cat_or_zeros(parts.collect(), 0, [0, inp], &device);
             grads.register::<B>(node.id, unwrap(da));
@@ -133,13 +134,11 @@ impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
                 if len == 0 {
                     return Tensor::zeros([out, rank], &device);
                 }
-                let a_e = a.clone().narrow(0, e * rank, rank);
-                let x_at = x
-                    .clone()
-                    .narrow(0, start, len)
-                    .matmul(a_e.transpose())
-                    .mul_scalar(s);
-                dy.clone().narrow(0, start, len).transpose().matmul(x_at)
+                let (dy_e, x_e) = (
+                    dy.clone().narrow(0, start, len),
+                    x.clone().narrow(0, start, len),
+                );
+                grad_b(dy_e, x_e, a.clone().narrow(0, e * rank, rank), s)
             });
             let db = cat_or_zeros(parts.collect(), 1, [out, 0], &device);
             grads.register::<B>(node.id, unwrap(db));
