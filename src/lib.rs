@@ -5,4 +5,5 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod model;

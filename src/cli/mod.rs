@@ -1,6 +1,8 @@
 //! The `lora-qat` command line: one file per command, each with its clap `Args` and a `run`.
 
+pub mod data_args;
 pub mod inspect;
+pub mod prepare;
 pub mod score;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Forward pass on given token ids: writes logits and the mean loss.
     Score(score::ScoreArgs),
+    /// What training would see: rendered, tokenized, masked (and packed) sequences as JSON lines.
+    Prepare(prepare::PrepareArgs),
 }
 
 impl Cli {
@@ -29,6 +33,7 @@ impl Cli {
         match self.command {
             Command::Inspect(args) => inspect::run(&args),
             Command::Score(args) => score::run(&args),
+            Command::Prepare(args) => prepare::run(&args),
         }
     }
 }
