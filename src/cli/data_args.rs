@@ -18,7 +18,11 @@ pub struct DataArgs {
     #[arg(long = "eval-split", visible_alias = "eval_split")]
     pub eval_split: Option<f64>,
     /// Truncate examples to this many tokens (and the sequence length when packing).
-    #[arg(long = "max-length", visible_alias = "max_length", alias = "max_seq_length")]
+    #[arg(
+        long = "max-length",
+        visible_alias = "max_length",
+        alias = "max_seq_length"
+    )]
     pub max_length: Option<usize>,
     /// Pack examples into sequences of --max-length, attention confined to each example.
     #[arg(long, num_args = 0..=1, default_value = "false", default_missing_value = "true",
@@ -48,7 +52,11 @@ impl DataArgs {
     /// The rendering options.
     pub fn render_options(&self) -> Result<RenderOptions> {
         Ok(RenderOptions {
-            date: self.chat_template_date.as_deref().map(parse_date).transpose()?,
+            date: self
+                .chat_template_date
+                .as_deref()
+                .map(parse_date)
+                .transpose()?,
             reasoning_effort: self.reasoning_effort.clone(),
             kwargs: self.chat_template_kwargs.clone(),
             assistant_only_loss: self.assistant_only_loss,

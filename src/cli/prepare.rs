@@ -20,7 +20,12 @@ use crate::data::{load_encoder, prepare, Split};
 #[derive(Debug, clap::Args)]
 pub struct PrepareArgs {
     /// Base checkpoint (directory or hub repo id): its config.json, tokenizer.json and chat template.
-    #[arg(long, alias = "model_name_or_path", alias = "base-path", alias = "base_path")]
+    #[arg(
+        long,
+        alias = "model_name_or_path",
+        alias = "base-path",
+        alias = "base_path"
+    )]
     pub base: String,
     #[command(flatten)]
     pub data: DataArgs,
@@ -75,8 +80,12 @@ pub fn run(args: &PrepareArgs) -> Result<()> {
     let color = std::io::stdout().is_terminal();
     let mut stdout = std::io::stdout().lock();
     for (location, s) in &prepared.shown {
-        writeln!(stdout, "=== {location} ({} tokens, {} trained)", s.encoded.ids.len(),
-                 s.encoded.trained.iter().filter(|&&t| t).count())?;
+        writeln!(
+            stdout,
+            "=== {location} ({} tokens, {} trained)",
+            s.encoded.ids.len(),
+            s.encoded.trained.iter().filter(|&&t| t).count()
+        )?;
         writeln!(stdout, "{}", mark(s, color))?;
     }
     let train = prepared.train.summary();
@@ -102,16 +111,26 @@ pub fn run(args: &PrepareArgs) -> Result<()> {
         writeln!(stdout, "{summary}")?;
     } else {
         let s = &prepared.train_stats;
-        writeln!(stdout, "rows {}  examples {}  sequences {}  tokens {}  trained tokens {}",
-                 s.rows, train.examples, train.sequences, train.tokens, train.trained_tokens)?;
+        writeln!(
+            stdout,
+            "rows {}  examples {}  sequences {}  tokens {}  trained tokens {}",
+            s.rows, train.examples, train.sequences, train.tokens, train.trained_tokens
+        )?;
         writeln!(stdout, "truncated {} (dropped: {} with every trained token cut)  dropped without a trained token {}  bad rows skipped {}",
                  s.truncated, s.dropped_truncated, s.dropped_untrained, s.skipped_bad_rows)?;
         if let Some(e) = prepared.eval.as_ref().map(Split::summary) {
-            writeln!(stdout, "eval: examples {}  sequences {}  tokens {}  trained tokens {}",
-                     e.examples, e.sequences, e.tokens, e.trained_tokens)?;
+            writeln!(
+                stdout,
+                "eval: examples {}  sequences {}  tokens {}  trained tokens {}",
+                e.examples, e.sequences, e.tokens, e.trained_tokens
+            )?;
         }
-        writeln!(stdout, "wrote {} in {seconds:.2} s ({:.0} tokens/s)", args.out.display(),
-                 train.tokens as f64 / encoded_s.max(1e-9))?;
+        writeln!(
+            stdout,
+            "wrote {} in {seconds:.2} s ({:.0} tokens/s)",
+            args.out.display(),
+            train.tokens as f64 / encoded_s.max(1e-9)
+        )?;
     }
     Ok(())
 }
@@ -123,8 +142,14 @@ fn write_split(split: &Split, seed: Option<u64>, path: &Path) -> Result<()> {
         Some(s) => epoch_order(split.len(), s, 0),
         None => (0..split.len()).collect(),
     };
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> Result<()> {
         let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);

@@ -90,7 +90,15 @@ impl Split {
     /// Summary numbers.
     pub fn summary(&self) -> SplitSummary {
         let trained = (0..self.store.len())
-            .map(|e| self.store.example(e).1.iter().skip(1).filter(|&&t| t).count())
+            .map(|e| {
+                self.store
+                    .example(e)
+                    .1
+                    .iter()
+                    .skip(1)
+                    .filter(|&&t| t)
+                    .count()
+            })
             .sum();
         SplitSummary {
             examples: self.store.len(),
@@ -130,7 +138,10 @@ pub fn prepare(enc: &Encoder, opts: &DataOptions) -> Result<Prepared> {
         bail!("--packing needs --max_length (the length of a packed sequence)");
     }
     if let Some(f) = opts.eval_split {
-        ensure!(f > 0.0 && f < 1.0, "--eval_split {f}: must lie strictly between 0 and 1");
+        ensure!(
+            f > 0.0 && f < 1.0,
+            "--eval_split {f}: must lie strictly between 0 and 1"
+        );
     }
     if let Some(m) = opts.max_length {
         ensure!(m > 1, "--max_length {m}: must be at least 2");
@@ -155,7 +166,11 @@ pub fn prepare(enc: &Encoder, opts: &DataOptions) -> Result<Prepared> {
             store.len()
         );
         let (t, e) = split_eval(store.len(), f, opts.seed);
-        (store.select(&t), Some(Split::new(store.select(&e), packing)), None)
+        (
+            store.select(&t),
+            Some(Split::new(store.select(&e), packing)),
+            None,
+        )
     } else {
         (store, None, None)
     };
@@ -179,8 +194,10 @@ fn read_split(
     let files = resolve(specs)?;
     let bar = ProgressBar::new(total_bytes(&files));
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("tokenizing");
     let mut store = TokenStore::default();
@@ -213,7 +230,15 @@ fn read_split(
                     }
                     Err(e) => bail!("{location}: {e} (--skip_bad_rows skips such rows)"),
                 };
-                keep(&mut store, &mut stats, &mut shown, show, opts.max_length, location, s);
+                keep(
+                    &mut store,
+                    &mut stats,
+                    &mut shown,
+                    show,
+                    opts.max_length,
+                    location,
+                    s,
+                );
             }
             Ok(true)
         };

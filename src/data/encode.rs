@@ -87,7 +87,11 @@ impl Encoder {
             .encode(text, false)
             .map_err(|e| format!("tokenizer failed: {e}"))?;
         let ids = enc.get_ids().to_vec();
-        if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size) {
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.vocab_size)
+        {
             return Err(format!(
                 "token {i} has id {id}, outside the model's vocabulary (vocab_size {})",
                 self.vocab_size
@@ -97,16 +101,19 @@ impl Encoder {
     }
 
     fn template(&self) -> Result<&ChatTemplate, String> {
-        self.template
-            .as_ref()
-            .ok_or_else(|| {
-                "a conversation row needs the checkpoint's chat template: the checkpoint has neither \
+        self.template.as_ref().ok_or_else(|| {
+            "a conversation row needs the checkpoint's chat template: the checkpoint has neither \
                  chat_template.jinja nor a `chat_template` in tokenizer_config.json"
-                    .into()
-            })
+                .into()
+        })
     }
 
-    fn render(&self, messages: &Value, vars: &[(String, Value)], gen: bool) -> Result<String, String> {
+    fn render(
+        &self,
+        messages: &Value,
+        vars: &[(String, Value)],
+        gen: bool,
+    ) -> Result<String, String> {
         self.template()?
             .render(messages, &self.vars, vars, gen)
             .map_err(|e| e.to_string())
@@ -129,9 +136,16 @@ impl Encoder {
                 };
                 Ok(shown(text, offsets, Encoded { ids, trained }))
             }
-            Row::ChatCompletion { prompt, completion, vars } => {
+            Row::ChatCompletion {
+                prompt,
+                completion,
+                vars,
+            } => {
                 let prompt_text = self.render(prompt, vars, true)?;
-                let mut all = prompt.try_iter().map_err(|e| e.to_string())?.collect::<Vec<_>>();
+                let mut all = prompt
+                    .try_iter()
+                    .map_err(|e| e.to_string())?
+                    .collect::<Vec<_>>();
                 all.extend(completion.try_iter().map_err(|e| e.to_string())?);
                 let text = self.render(&Value::from(all), vars, false)?;
                 self.completion(&prompt_text, text)
@@ -238,7 +252,10 @@ mod tests {
         assert_eq!(&t[s[0].clone()], "<|channel|>final<|message|>yo<|return|>");
         let t = "<|start|>assistant to=functions.f<|channel|>commentary<|message|>{}<|call|>x<|start|>assistant";
         let s = assistant_spans(t);
-        assert_eq!(&t[s[0].clone()], " to=functions.f<|channel|>commentary<|message|>{}<|call|>");
+        assert_eq!(
+            &t[s[0].clone()],
+            " to=functions.f<|channel|>commentary<|message|>{}<|call|>"
+        );
         assert_eq!(s[1], t.len()..t.len());
     }
 }

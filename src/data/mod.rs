@@ -59,7 +59,8 @@ pub fn load_encoder(dir: &Path, opts: &RenderOptions) -> Result<Encoder> {
             ["low", "medium", "high"].contains(&effort.as_str()),
             "--reasoning_effort {effort:?}: expected low, medium or high"
         );
-        vars.defaults.push(("reasoning_effort".into(), effort.as_str().into()));
+        vars.defaults
+            .push(("reasoning_effort".into(), effort.as_str().into()));
     }
     if let Some(kw) = &opts.kwargs {
         let v = value::from_json(kw).context("--chat_template_kwargs: not valid JSON")?;
@@ -71,5 +72,11 @@ pub fn load_encoder(dir: &Path, opts: &RenderOptions) -> Result<Encoder> {
             vars.defaults.push((k.to_string(), v.get_item(&k)?));
         }
     }
-    Encoder::new(dir, template, vars, opts.assistant_only_loss, config.vocab_size)
+    Encoder::new(
+        dir,
+        template,
+        vars,
+        opts.assistant_only_loss,
+        config.vocab_size,
+    )
 }

@@ -77,7 +77,8 @@ pub fn build(store: &TokenStore, group: &[usize]) -> Sequence {
         let (ids, trained) = store.example(e);
         for (p, (&id, &t)) in ids.iter().zip(trained).enumerate() {
             seq.input_ids.push(id);
-            seq.labels.push(if t && p > 0 { id as i64 } else { IGNORE_INDEX });
+            seq.labels
+                .push(if t && p > 0 { id as i64 } else { IGNORE_INDEX });
             seq.position_ids.push(p as u32);
         }
     }

@@ -188,10 +188,16 @@ mod tests {
     fn matches_python_json_dumps() {
         let d = PyJsonOptions::default();
         assert_eq!(
-            dump(r#"{"b": 1, "a": [2.0, "é<>&'", null, true, 1e-5, 1.5]}"#, &d),
+            dump(
+                r#"{"b": 1, "a": [2.0, "é<>&'", null, true, 1e-5, 1.5]}"#,
+                &d
+            ),
             r#"{"b": 1, "a": [2.0, "é<>&'", null, true, 1e-05, 1.5]}"#
         );
-        assert_eq!(dump(r#"{"x": "a\"b\\c\n\u0001"}"#, &d), r#"{"x": "a\"b\\c\n\u0001"}"#);
+        assert_eq!(
+            dump(r#"{"x": "a\"b\\c\n\u0001"}"#, &d),
+            r#"{"x": "a\"b\\c\n\u0001"}"#
+        );
         assert_eq!(dump("[]", &d), "[]");
         assert_eq!(dump("{}", &d), "{}");
         let indent = PyJsonOptions {

@@ -35,7 +35,11 @@ pub fn classify(row: &Value) -> Result<Row, String> {
     if row.kind() != ValueKind::Map {
         return Err(format!("a row must be a JSON object, got {}", row.kind()));
     }
-    let get = |k: &str| row.get_attr(k).ok().filter(|v| !v.is_undefined() && !v.is_none());
+    let get = |k: &str| {
+        row.get_attr(k)
+            .ok()
+            .filter(|v| !v.is_undefined() && !v.is_none())
+    };
     let vars = || -> Vec<(String, Value)> {
         row.try_iter()
             .into_iter()
@@ -70,7 +74,9 @@ pub fn classify(row: &Value) -> Result<Row, String> {
                         vars: vars(),
                     })
                 }
-                _ => Err("`prompt` and `completion` must both be strings or both message lists".into()),
+                _ => Err(
+                    "`prompt` and `completion` must both be strings or both message lists".into(),
+                ),
             }
         }
         (Some(_), None) => return Err("`prompt` without `completion`".into()),
@@ -83,10 +89,19 @@ pub fn classify(row: &Value) -> Result<Row, String> {
             None => Err(format!("`text` must be a string, got {}", text.kind())),
         };
     }
-    let keys: Vec<String> = row.try_iter().into_iter().flatten().map(|k| k.to_string()).collect();
+    let keys: Vec<String> = row
+        .try_iter()
+        .into_iter()
+        .flatten()
+        .map(|k| k.to_string())
+        .collect();
     Err(format!(
         "no `messages`, `prompt`/`completion` or `text` (keys: {})",
-        if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
     ))
 }
 
@@ -106,7 +121,10 @@ fn without_nulls(list: &Value) -> Value {
 /// present.
 fn check_messages(list: &Value, field: &str) -> Result<(), String> {
     if list.kind() != ValueKind::Seq {
-        return Err(format!("`{field}` must be a list of messages, got {}", list.kind()));
+        return Err(format!(
+            "`{field}` must be a list of messages, got {}",
+            list.kind()
+        ));
     }
     let n = list.len().unwrap_or(0);
     if n == 0 {
@@ -115,7 +133,10 @@ fn check_messages(list: &Value, field: &str) -> Result<(), String> {
     for i in 0..n {
         let m = list.get_item_by_index(i).unwrap_or_default();
         if m.kind() != ValueKind::Map {
-            return Err(format!("`{field}[{i}]` must be an object, got {}", m.kind()));
+            return Err(format!(
+                "`{field}[{i}]` must be an object, got {}",
+                m.kind()
+            ));
         }
         let role = m.get_attr("role").unwrap_or_default();
         match role.as_str() {
@@ -130,9 +151,15 @@ fn check_messages(list: &Value, field: &str) -> Result<(), String> {
         }
         for key in ["content", "thinking"] {
             let v = m.get_attr(key).unwrap_or_default();
-            let ok = v.is_undefined() || v.is_none() || v.kind() == ValueKind::String || key == "content" && v.kind() == ValueKind::Seq;
+            let ok = v.is_undefined()
+                || v.is_none()
+                || v.kind() == ValueKind::String
+                || key == "content" && v.kind() == ValueKind::Seq;
             if !ok {
-                return Err(format!("`{field}[{i}].{key}` must be a string, got {}", v.kind()));
+                return Err(format!(
+                    "`{field}[{i}].{key}` must be a string, got {}",
+                    v.kind()
+                ));
             }
         }
     }
@@ -158,9 +185,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(row(r#"{"prompt": "a", "completion": "b"}"#), Ok(Row::TextCompletion { .. })));
         assert!(matches!(
-            row(r#"{"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b"}]}"#),
+            row(r#"{"prompt": "a", "completion": "b"}"#),
+            Ok(Row::TextCompletion { .. })
+        ));
+        assert!(matches!(
+            row(
+                r#"{"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "assistant", "content": "b"}]}"#
+            ),
             Ok(Row::ChatCompletion { .. })
         ));
         assert!(matches!(row(r#"{"text": "abc"}"#), Ok(Row::Text(_))));
@@ -173,11 +205,20 @@ mod tests {
             (r#"[1]"#, "must be a JSON object"),
             (r#"{"messages": []}"#, "is empty"),
             (r#"{"messages": "hi"}"#, "must be a list"),
-            (r#"{"messages": [{"role": "robot", "content": "x"}]}"#, "role \"robot\""),
+            (
+                r#"{"messages": [{"role": "robot", "content": "x"}]}"#,
+                "role \"robot\"",
+            ),
             (r#"{"messages": [{"content": "x"}]}"#, "no `role`"),
-            (r#"{"messages": [{"role": "user", "content": 3}]}"#, "content` must be a string"),
+            (
+                r#"{"messages": [{"role": "user", "content": 3}]}"#,
+                "content` must be a string",
+            ),
             (r#"{"prompt": "a"}"#, "without `completion`"),
-            (r#"{"prompt": "a", "completion": [{"role": "assistant"}]}"#, "both strings"),
+            (
+                r#"{"prompt": "a", "completion": [{"role": "assistant"}]}"#,
+                "must both be strings",
+            ),
             (r#"{"text": 5}"#, "`text` must be a string"),
         ] {
             let err = row(json).unwrap_err();

@@ -69,7 +69,10 @@ pub fn resolve(specs: &[String]) -> Result<Vec<DataFile>> {
         found.sort();
         for p in found {
             let format = format_of(&p).with_context(|| {
-                format!("{}: unknown data format (expected .jsonl, .json or .parquet)", p.display())
+                format!(
+                    "{}: unknown data format (expected .jsonl, .json or .parquet)",
+                    p.display()
+                )
             })?;
             files.push(DataFile { path: p, format });
         }

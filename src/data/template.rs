@@ -37,8 +37,8 @@ impl ChatTemplate {
     /// The template of `dir`, or `None` when it has neither `chat_template.jinja` nor a
     /// `chat_template` in `tokenizer_config.json` (a template that fails to parse is an error).
     pub fn find(dir: &Path, date: Option<NaiveDate>) -> Result<Option<Self>> {
-        let in_config = read_tokenizer_config(dir)?
-            .is_some_and(|c| c.contains_key("chat_template"));
+        let in_config =
+            read_tokenizer_config(dir)?.is_some_and(|c| c.contains_key("chat_template"));
         if !dir.join(TEMPLATE_FILE).is_file() && !in_config {
             return Ok(None);
         }
@@ -87,8 +87,12 @@ impl ChatTemplate {
                 env.add_global(key, tok);
             }
         }
-        env.add_template_owned("chat", source)
-            .map_err(|e| anyhow::anyhow!("{}: the chat template does not parse: {e:#}", origin.display()))?;
+        env.add_template_owned("chat", source).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: the chat template does not parse: {e:#}",
+                origin.display()
+            )
+        })?;
         Ok(Self {
             env,
             origin,
@@ -108,9 +112,13 @@ impl ChatTemplate {
         let mut ctx: Vec<(String, Value)> = vars.defaults.clone();
         ctx.extend(row_vars.iter().cloned());
         ctx.push(("messages".into(), messages.clone()));
-        ctx.push(("add_generation_prompt".into(), Value::from(add_generation_prompt)));
+        ctx.push((
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        ));
         let tmpl = self.env.get_template("chat").map_err(TemplateError::from)?;
-        tmpl.render(Value::from_iter(ctx)).map_err(TemplateError::from)
+        tmpl.render(Value::from_iter(ctx))
+            .map_err(TemplateError::from)
     }
 }
 
@@ -131,7 +139,10 @@ impl From<Error> for TemplateError {
         while let Some(src) = root.source() {
             root = src;
         }
-        let text = e.detail().map(str::to_string).unwrap_or_else(|| e.to_string());
+        let text = e
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string());
         if let Some(msg) = text.strip_prefix(RAISED) {
             return Self::Raised(msg.to_string());
         }
@@ -145,7 +156,10 @@ impl From<Error> for TemplateError {
 const RAISED: &str = "raise_exception: ";
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{RAISED}{msg}"),
+    ))
 }
 
 /// `strftime_now(fmt)`: the fixed date at midnight, or the local time now.
@@ -153,7 +167,11 @@ fn strftime(date: Option<NaiveDate>, fmt: &str) -> Result<String, Error> {
     use std::fmt::Write;
     let mut out = String::new();
     let res = match date {
-        Some(d) => write!(out, "{}", d.and_hms_opt(0, 0, 0).unwrap_or_default().format(fmt)),
+        Some(d) => write!(
+            out,
+            "{}",
+            d.and_hms_opt(0, 0, 0).unwrap_or_default().format(fmt)
+        ),
         None => write!(out, "{}", chrono::Local::now().format(fmt)),
     };
     res.map_err(|_| {
@@ -185,7 +203,12 @@ fn pick_default(list: &[serde_json::Value], path: &Path) -> Result<String> {
         .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
         .and_then(|t| t.get("template")?.as_str())
         .map(str::to_string)
-        .with_context(|| format!("{}: `chat_template` list has no `default` entry", path.display()))
+        .with_context(|| {
+            format!(
+                "{}: `chat_template` list has no `default` entry",
+                path.display()
+            )
+        })
 }
 
 /// Parses `--chat_template_date YYYY-MM-DD`.
@@ -212,9 +235,14 @@ mod tests {
              {{ m.role }}:{{ m.content|tojson }}{% if loop.index == 1 %}{% continue %}{% endif %};{% endfor %}\
              {{ strftime_now('%d %b %Y') }}{{ extra }}{{ m|default('') }}{{ 'A b'.lower() }}",
         );
-        let msgs = crate::data::value::from_json(r#"[{"role":"user","content":"<x>"},{"role":"assistant","content":"é"}]"#).unwrap();
+        let msgs = crate::data::value::from_json(
+            r#"[{"role":"user","content":"<x>"},{"role":"assistant","content":"é"}]"#,
+        )
+        .unwrap();
         let vars = TemplateVars::default();
-        let got = t.render(&msgs, &vars, &[("extra".into(), Value::from("!"))], false).unwrap();
+        let got = t
+            .render(&msgs, &vars, &[("extra".into(), Value::from("!"))], false)
+            .unwrap();
         assert_eq!(got, "user:\"<x>\"assistant:\"é\";01 Jan 2026!a b");
         let bad = crate::data::value::from_json(r#"[{"role":"bad","content":""}]"#).unwrap();
         match t.render(&bad, &vars, &[], false) {
@@ -237,7 +265,14 @@ mod tests {
         )
         .unwrap();
         let t = ChatTemplate::load(dir.path(), None).unwrap();
-        let got = t.render(&Value::from(vec![1, 2]), &TemplateVars::default(), &[], false).unwrap();
+        let got = t
+            .render(
+                &Value::from(vec![1, 2]),
+                &TemplateVars::default(),
+                &[],
+                false,
+            )
+            .unwrap();
         assert_eq!(got, "<s>2");
     }
 }

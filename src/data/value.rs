@@ -100,9 +100,12 @@ fn from_parquet_field(f: &Field) -> Value {
         Field::Double(v) => Value::from(*v),
         Field::Str(s) => Value::from(s.as_str()),
         Field::Group(row) => from_parquet_row(row),
-        Field::ListInternal(list) => {
-            Value::from(list.elements().iter().map(from_parquet_field).collect::<Vec<_>>())
-        }
+        Field::ListInternal(list) => Value::from(
+            list.elements()
+                .iter()
+                .map(from_parquet_field)
+                .collect::<Vec<_>>(),
+        ),
         Field::MapInternal(map) => Value::from_iter(
             map.entries()
                 .iter()
@@ -119,14 +122,18 @@ mod tests {
 
     #[test]
     fn json_keeps_key_order_and_number_kinds() {
-        let v = from_json(r#"{"b": 1, "a": [2.0, "x", null, true], "c": {"z": 1, "y": 2}}"#).unwrap();
+        let v =
+            from_json(r#"{"b": 1, "a": [2.0, "x", null, true], "c": {"z": 1, "y": 2}}"#).unwrap();
         let keys: Vec<String> = v.try_iter().unwrap().map(|k| k.to_string()).collect();
         assert_eq!(keys, ["b", "a", "c"]);
         let c = v.get_attr("c").unwrap();
         let keys: Vec<String> = c.try_iter().unwrap().map(|k| k.to_string()).collect();
         assert_eq!(keys, ["z", "y"]);
         let a = v.get_attr("a").unwrap();
-        assert_eq!(a.get_item_by_index(0).unwrap().kind(), minijinja::value::ValueKind::Number);
+        assert_eq!(
+            a.get_item_by_index(0).unwrap().kind(),
+            minijinja::value::ValueKind::Number
+        );
         assert!(!a.get_item_by_index(0).unwrap().is_integer());
         assert!(v.get_attr("b").unwrap().is_integer());
     }
