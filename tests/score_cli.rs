@@ -1,5 +1,5 @@
-//! `lora-qat score` end to end (the binary): parity with the golden logits/losses, bad inputs
-//! with clear errors, and the no-overwrite rule.
+//! `lora-qat score` end to end (the binary): parity with the golden logits/losses, packed inputs
+//! (`position_ids`), bad inputs with clear errors, and the no-overwrite rule.
 
 mod model_support;
 
@@ -324,4 +324,202 @@ fn adapter_not_matching_the_base_is_refused() {
     ];
     assert_err(&score(&args), &["q_proj.lora_A"]);
     assert!(!out.exists());
+}
+
+/// Scores `input` with the fixture adapter (QAT forward) into `out`.
+fn score_qat(input: &Path, out: &Path) -> ScoreOutput {
+    let (b, a) = (base(), adapter());
+    assert_ok(&score(&[
+        "--base",
+        &b,
+        "--adapter",
+        &a,
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    read_output(out)
+}
+
+#[test]
+fn packed_input_scores_each_example_like_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Golden::load();
+    let (ids, _, seq) = g.ids("input_ids");
+    let examples = [&ids[..7], &ids[seq..seq + 13], &ids[seq + 13..seq + 18]];
+    let vocab = 384;
+    // each example alone (labels = input_ids)
+    let mut solo = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
+        let input = dir.path().join(format!("solo{i}.safetensors"));
+        write_tensors(
+            &input,
+            &[("input_ids", Dtype::I64, vec![1, e.len()], i64_bytes(e))],
+        );
+        let (_, logits, loss, _) = score_qat(&input, &dir.path().join(format!("solo{i}.out")));
+        solo.push((logits, loss, e.len() - 1));
+    }
+    let total: usize = solo.iter().map(|s| s.2).sum();
+    let mean = solo.iter().map(|s| s.1 as f64 * s.2 as f64).sum::<f64>() / total as f64;
+
+    // two rows, different orders, 3 pad tokens as a last segment; labels -100 at each example's
+    // first token and on the padding
+    let rows: [&[usize]; 2] = [&[0, 1, 2], &[2, 0, 1]];
+    let (mut packed, mut labels, mut positions, mut starts) = (vec![], vec![], vec![], vec![]);
+    for order in rows {
+        let mut col = 0;
+        let mut lengths = vec![];
+        let mut row_starts = vec![];
+        for &e in order {
+            packed.extend_from_slice(examples[e]);
+            labels.push(-100);
+            labels.extend_from_slice(&examples[e][1..]);
+            lengths.push(examples[e].len());
+            row_starts.push((e, col));
+            col += examples[e].len();
+        }
+        packed.extend([376; 3]);
+        labels.extend([-100; 3]);
+        lengths.push(3);
+        positions.extend(packed_positions(&lengths));
+        starts.push(row_starts);
+    }
+    let seq = packed.len() / 2;
+    let input = dir.path().join("packed.safetensors");
+    write_tensors(
+        &input,
+        &[
+            ("input_ids", Dtype::I64, vec![2, seq], i64_bytes(&packed)),
+            ("labels", Dtype::I64, vec![2, seq], i64_bytes(&labels)),
+            (
+                "position_ids",
+                Dtype::I64,
+                vec![2, seq],
+                i64_bytes(&positions),
+            ),
+        ],
+    );
+    let (shape, logits, loss, _) = score_qat(&input, &dir.path().join("packed.out"));
+    assert_eq!(shape, vec![2, seq, vocab]);
+    for (b, row) in starts.iter().enumerate() {
+        for &(e, start) in row {
+            let len = examples[e].len();
+            let got = &logits[(b * seq + start) * vocab..][..len * vocab];
+            let diff = max_abs_diff(got, &solo[e].0);
+            // see tests/model_packing.rs for the tolerance (f32 noise of the causal blocks)
+            assert!(
+                diff <= 5e-5,
+                "row {b}, example {e}: max abs diff {diff} vs alone"
+            );
+        }
+    }
+    assert!(
+        (loss as f64 - mean).abs() <= 1e-5,
+        "packed loss {loss} vs token-weighted solo mean {mean}"
+    );
+
+    // without labels, a packed example's first token is not predicted from the previous one
+    let one: Vec<i64> = examples.concat();
+    let pos = packed_positions(&examples.map(<[i64]>::len));
+    let input = dir.path().join("packed_nolabels.safetensors");
+    write_tensors(
+        &input,
+        &[
+            ("input_ids", Dtype::I64, vec![1, one.len()], i64_bytes(&one)),
+            (
+                "position_ids",
+                Dtype::I64,
+                vec![1, one.len()],
+                i64_bytes(&pos),
+            ),
+        ],
+    );
+    let (_, _, loss, _) = score_qat(&input, &dir.path().join("packed_nolabels.out"));
+    assert!(
+        (loss as f64 - mean).abs() <= 1e-5,
+        "packed loss without labels {loss} vs token-weighted solo mean {mean}"
+    );
+}
+
+#[test]
+fn bad_position_ids_name_the_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let b = base();
+    let run = |input: &Path| {
+        score(&[
+            "--base",
+            &b,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let ids: Vec<i64> = (0..12).collect();
+    let with_positions = |name: &str, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        write_tensors(
+            &path,
+            &[
+                ("input_ids", Dtype::I64, vec![2, 6], i64_bytes(&ids)),
+                ("position_ids", dtype, shape, bytes),
+            ],
+        );
+        path
+    };
+
+    let jump = with_positions(
+        "jump.safetensors",
+        Dtype::I64,
+        vec![2, 6],
+        i64_bytes(&[0, 1, 2, 0, 1, 2, 0, 1, 2, 4, 5, 6]),
+    );
+    assert_err(
+        &run(&jump),
+        &["jump.safetensors", "position_ids[1, 3] = 4 follows 2"],
+    );
+
+    let negative = with_positions(
+        "negative.safetensors",
+        Dtype::I64,
+        vec![2, 6],
+        i64_bytes(&[0, 1, 2, 3, 4, -1, 0, 1, 2, 3, 4, 5]),
+    );
+    assert_err(
+        &run(&negative),
+        &[
+            "negative.safetensors",
+            "position_ids[0, 5] = -1",
+            "negative",
+        ],
+    );
+
+    let late_start = with_positions(
+        "start.safetensors",
+        Dtype::I64,
+        vec![2, 6],
+        i64_bytes(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]),
+    );
+    assert_err(
+        &run(&late_start),
+        &["start.safetensors", "position_ids[1, 0] = 6"],
+    );
+
+    let shape = with_positions(
+        "shape.safetensors",
+        Dtype::I64,
+        vec![1, 12],
+        i64_bytes(&packed_positions(&[12])),
+    );
+    assert_err(
+        &run(&shape),
+        &["shape.safetensors", "position_ids", "[1, 12]", "[2, 6]"],
+    );
+
+    let f: Vec<u8> = (0..12).flat_map(|x| (x as f32).to_le_bytes()).collect();
+    let dtype = with_positions("dtype.safetensors", Dtype::F32, vec![2, 6], f);
+    assert_err(&run(&dtype), &["dtype.safetensors", "position_ids", "I64"]);
+    assert!(!out.exists(), "nothing is written on error");
 }

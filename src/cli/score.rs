@@ -1,9 +1,12 @@
 //! `lora-qat score`: one forward pass on given token ids; writes the logits and the mean loss.
 //!
 //! Input: a safetensors file with `input_ids` (I64 `[batch, seq]`) and optionally `labels` (I64,
-//! same shape, `-100` = ignored). Labels are shifted like transformers (`logits[:, :-1]` predict
-//! `labels[:, 1:]`). Without `labels`, the input ids are the labels (what the benchmark scripts
-//! do: `model(input_ids=ids, labels=ids)`).
+//! same shape, `-100` = ignored) and `position_ids` (I64, same shape). Labels are shifted like
+//! transformers (`logits[:, :-1]` predict `labels[:, 1:]`). Without `labels`, the input ids are
+//! the labels (what the benchmark scripts do: `model(input_ids=ids, labels=ids)`), except at the
+//! first token of each packed example, which is -100 (no prediction across an example boundary).
+//! `position_ids` describe packed rows (padding-free packing): they restart at 0 at each example,
+//! which then attends only to itself (see [`PositionIds`]); without them every row is `0..seq`.
 //! Output: `logits` (F32 `[batch, seq, vocab]`) and `loss` (F32 `[1]`, mean over the counted
 //! tokens; NaN when none is counted), metadata `{"format": "pt"}`, written to a temporary file
 //! beside `--out` and renamed into place.
@@ -21,7 +24,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::checkpoint::{resolve_model, Checkpoint};
 use crate::model::loss::shifted_targets;
-use crate::model::{causal_lm_loss, ForwardMode, GptOssForCausalLM, GradPath, QuantMode};
+use crate::model::{
+    causal_lm_loss, ForwardMode, GptOssForCausalLM, GradPath, PositionIds, QuantMode, IGNORE_INDEX,
+};
 
 /// Arguments of `lora-qat score`.
 #[derive(Debug, clap::Args)]
@@ -35,7 +40,8 @@ pub struct ScoreArgs {
     /// `mxfp4`: the deployed weights (QAT forward); `none`: plain LoRA (PEFT's forward).
     #[arg(long, default_value = "mxfp4", value_parser = ["mxfp4", "none"])]
     pub quant: String,
-    /// safetensors file with `input_ids` (I64 [batch, seq]) and optional `labels`.
+    /// safetensors file with `input_ids` (I64 [batch, seq]), optional `labels` and optional
+    /// `position_ids` (packed examples, restarting at 0).
     #[arg(long)]
     pub input: PathBuf,
     /// Output safetensors file (`logits`, `loss`).
@@ -49,12 +55,13 @@ pub struct ScoreArgs {
     pub device: String,
 }
 
-/// The token ids and labels read from `--input`.
+/// The token ids, labels and positions read from `--input`.
 #[derive(Debug)]
 struct Inputs {
     file: PathBuf,
     ids: Vec<i64>,
     labels: Vec<i64>,
+    positions: PositionIds,
     batch: usize,
     seq: usize,
     labels_given: bool,
@@ -97,8 +104,15 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         _ => score_cuda(ckpt, adapter.as_ref(), quant, &inputs)?,
     };
     write_outputs(&args.out, &scored)?;
+    let examples = inputs
+        .positions
+        .values()
+        .iter()
+        .filter(|&&p| p == 0)
+        .count();
     tracing::info!(
-        "scored {} tokens ({} × {}): loss {:.6} over {} counted{}, {:.2}s, wrote {}",
+        "scored {} tokens ({} × {}, {examples} examples): loss {:.6} over {} counted{}, {:.2}s, \
+         wrote {}",
         inputs.batch * inputs.seq,
         inputs.batch,
         inputs.seq,
@@ -147,7 +161,7 @@ fn score_on<B: LoraLinearBackend>(
         quant,
         path: GradPath::CustomOp,
     };
-    let logits = model.forward(ids, mode)?;
+    let logits = model.forward_at(ids, &inputs.positions, mode)?;
     let loss = if rows.is_empty() {
         tracing::warn!("no label is counted after the shift: the loss is NaN");
         f32::NAN
@@ -241,10 +255,32 @@ fn read_inputs(file: &Path) -> anyhow::Result<Inputs> {
         }
         None => (ids.clone(), false),
     };
+    let positions = match i64_matrix(&st, file, "position_ids")? {
+        Some((values, shape)) => {
+            ensure!(
+                shape == [batch, seq],
+                "{}: tensor `position_ids` has shape {shape:?}, but `input_ids` is [{batch}, {seq}]",
+                file.display()
+            );
+            PositionIds::from_i64(&values, batch, seq)
+                .with_context(|| format!("{}: tensor `position_ids`", file.display()))?
+        }
+        None => PositionIds::contiguous(batch, seq),
+    };
+    let mut labels = labels;
+    if !labels_given {
+        // the first token of a packed example is not predicted from the previous example
+        for (label, &pos) in labels.iter_mut().zip(positions.values()) {
+            if pos == 0 {
+                *label = IGNORE_INDEX;
+            }
+        }
+    }
     Ok(Inputs {
         file: file.to_path_buf(),
         ids,
         labels,
+        positions,
         batch,
         seq,
         labels_given,

@@ -184,13 +184,15 @@ pub fn prepare(enc: &Encoder, opts: &DataOptions) -> Result<Prepared> {
 }
 
 type Encodings = Vec<(String, Result<Shown, String>)>;
+/// A split read from files: its examples, what happened to the rows, the shown renderings.
+type ReadSplit = (TokenStore, ReadStats, Vec<(String, Shown)>);
 
 fn read_split(
     enc: &Encoder,
     specs: &[String],
     opts: &DataOptions,
     show: usize,
-) -> Result<(TokenStore, ReadStats, Vec<(String, Shown)>)> {
+) -> Result<ReadSplit> {
     let files = resolve(specs)?;
     let bar = ProgressBar::new(total_bytes(&files));
     bar.set_style(

@@ -38,6 +38,9 @@ pub struct Shown {
     pub encoded: Encoded,
 }
 
+/// Token ids and the byte range of each in the text.
+pub type Tokens = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Renders, tokenizes and masks rows.
 pub struct Encoder {
     /// The chat template (needed for conversation rows).
@@ -81,7 +84,7 @@ impl Encoder {
     }
 
     /// Tokenizes `text` (no special tokens added): ids and byte offsets.
-    pub fn tokenize(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+    pub fn tokenize(&self, text: &str) -> Result<Tokens, String> {
         let enc = self
             .tokenizer
             .encode(text, false)

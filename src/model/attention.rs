@@ -1,5 +1,6 @@
 //! gpt-oss attention (`self_attn`): q/k/v/o projections with biases, YaRN RoPE, grouped-query
-//! attention, per-head sinks (an extra softmax logit that is dropped), causal or sliding window.
+//! attention, per-head sinks (an extra softmax logit that is dropped), causal or sliding window,
+//! confined to the packed segments of the position ids.
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -9,6 +10,7 @@ use kernels::ops::LoraLinearBackend;
 use super::linear::LoraLinear;
 use super::mask::AttentionPattern;
 use super::mode::ForwardMode;
+use super::positions::PositionIds;
 use super::rope::RopeTables;
 use super::sdpa;
 
@@ -36,11 +38,13 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: LoraLinearBackend> Attention<B> {
-    /// `x [batch, seq, hidden] -> [batch, seq, hidden]`.
+    /// `x [batch, seq, hidden] -> [batch, seq, hidden]`; `rope` holds the tables of `positions`
+    /// (`[batch, seq]`), whose segments bound what each query sees.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
+        positions: &PositionIds,
         mode: ForwardMode,
     ) -> anyhow::Result<Tensor<B, 3>> {
         let [batch, seq, hidden] = x.dims();
@@ -51,7 +55,7 @@ impl<B: LoraLinearBackend> Attention<B> {
         let q = rope.apply(split(self.q_proj.forward(x2.clone(), mode)?, h));
         let k = rope.apply(split(self.k_proj.forward(x2.clone(), mode)?, kv));
         let v = split(self.v_proj.forward(x2, mode)?, kv);
-        let out = sdpa::attention(q, k, v, self.sinks.val(), self.pattern)
+        let out = sdpa::attention(q, k, v, self.sinks.val(), self.pattern, positions)
             .swap_dims(1, 2)
             .reshape([batch * seq, h * d]);
         Ok(self

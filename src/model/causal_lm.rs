@@ -11,6 +11,7 @@ use super::layer::DecoderLayer;
 use super::lora::LoraPair;
 use super::loss::{causal_lm_loss, LossOutput};
 use super::mode::ForwardMode;
+use super::positions::PositionIds;
 use super::rms_norm::RmsNorm;
 use super::rope::{RopeTables, YarnParams};
 
@@ -177,13 +178,32 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         ids: Tensor<B, 2, Int>,
         mode: ForwardMode,
     ) -> anyhow::Result<Tensor<B, 3>> {
-        let [_, seq] = ids.dims();
+        let [batch, seq] = ids.dims();
+        self.forward_at(ids, &PositionIds::contiguous(batch, seq), mode)
+    }
+
+    /// `ids [batch, seq] -> logits [batch, seq, vocab]` at the given position ids: rotary angles
+    /// from the ids, and each token attends only within its packed segment (see [`PositionIds`]).
+    /// Contiguous ids give exactly [`forward`](Self::forward).
+    pub fn forward_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 3>> {
+        let [batch, seq] = ids.dims();
+        anyhow::ensure!(
+            [positions.batch(), positions.seq()] == [batch, seq],
+            "position_ids are [{}, {}], but input_ids are [{batch}, {seq}]",
+            positions.batch(),
+            positions.seq()
+        );
         let device = ids.device();
         let m = &self.model;
-        let rope = RopeTables::new(&m.rope, m.head_dim, seq, &device);
+        let rope = RopeTables::at(&m.rope, m.head_dim, positions, &device);
         let mut x = m.embed_tokens.forward(ids);
         for layer in &m.layers {
-            x = layer.forward(x, &rope, mode)?;
+            x = layer.forward(x, &rope, positions, mode)?;
         }
         Ok(self.lm_head.forward(m.norm.forward(x)))
     }
@@ -196,7 +216,21 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         labels: &[i64],
         mode: ForwardMode,
     ) -> anyhow::Result<CausalLmOutput<B>> {
-        let logits = self.forward(ids, mode)?;
+        let [batch, seq] = ids.dims();
+        self.forward_with_loss_at(ids, &PositionIds::contiguous(batch, seq), labels, mode)
+    }
+
+    /// [`forward_with_loss`](Self::forward_with_loss) at the given position ids. For packed rows
+    /// the labels should be -100 at the first token of each segment (no prediction across a
+    /// boundary); that is the caller's (the data side's) business.
+    pub fn forward_with_loss_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        labels: &[i64],
+        mode: ForwardMode,
+    ) -> anyhow::Result<CausalLmOutput<B>> {
+        let logits = self.forward_at(ids, positions, mode)?;
         let loss = causal_lm_loss(logits.clone(), labels)?;
         Ok(CausalLmOutput { logits, loss })
     }

@@ -9,6 +9,7 @@ use kernels::ops::LoraLinearBackend;
 use super::attention::Attention;
 use super::mlp::Mlp;
 use super::mode::ForwardMode;
+use super::positions::PositionIds;
 use super::rms_norm::RmsNorm;
 use super::rope::RopeTables;
 
@@ -28,17 +29,23 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: LoraLinearBackend> DecoderLayer<B> {
-    /// `[batch, seq, hidden] -> [batch, seq, hidden]`.
+    /// `[batch, seq, hidden] -> [batch, seq, hidden]` at `positions` (`rope` holds their tables).
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
+        positions: &PositionIds,
         mode: ForwardMode,
     ) -> anyhow::Result<Tensor<B, 3>> {
         let l = self.index;
         let h = self
             .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), rope, mode)
+            .forward(
+                self.input_layernorm.forward(x.clone()),
+                rope,
+                positions,
+                mode,
+            )
             .with_context(|| format!("layer {l} attention"))?;
         let x = x + h;
         let h = self

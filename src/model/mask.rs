@@ -1,4 +1,5 @@
-//! Attention patterns: full causal, and sliding window (`q - window < k <= q`).
+//! Attention patterns: full causal, and sliding window (`q - window < k <= q`), optionally
+//! confined to packed segments (key `k` must also lie in the query's segment, `k >= start(q)`).
 
 /// Which keys a query may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,12 @@ impl AttentionPattern {
             Self::Sliding { window } => k <= q && q < k + window,
         }
     }
+
+    /// Whether query `q`, whose packed segment starts at column `segment_start`, sees key `k`:
+    /// the pattern allows it and `k` lies in the query's segment.
+    pub fn visible_in_segment(self, q: usize, k: usize, segment_start: usize) -> bool {
+        k >= segment_start && self.visible(q, k)
+    }
 }
 
 #[cfg(test)]
@@ -37,5 +44,10 @@ mod tests {
         let c = AttentionPattern::Causal;
         let seen: Vec<usize> = (0..8).filter(|&k| c.visible(5, k)).collect();
         assert_eq!(seen, vec![0, 1, 2, 3, 4, 5]);
+        // a segment starting at 4 hides keys 2 and 3 from query 5
+        let seen: Vec<usize> = (0..8).filter(|&k| p.visible_in_segment(5, k, 4)).collect();
+        assert_eq!(seen, vec![4, 5]);
+        let seen: Vec<usize> = (0..8).filter(|&k| c.visible_in_segment(5, k, 3)).collect();
+        assert_eq!(seen, vec![3, 4, 5]);
     }
 }

@@ -5,6 +5,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use super::positions::PositionIds;
+
 /// YaRN parameters: the checkpoint config's rope section (`rope_scaling` / `rope_parameters`).
 pub type YarnParams = crate::checkpoint::RopeConfig;
 
@@ -42,33 +44,63 @@ impl YarnParams {
     }
 }
 
-/// cos and sin tables `[seq, head_dim / 2]` for positions `0..seq`.
+/// cos and sin tables `[rows, 1, seq, head_dim / 2]`, one row per batch row (or a single row
+/// shared by the batch when all rows hold the same positions), broadcast over the heads.
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
     /// `cos(pos · inv_freq) · attention_scale`
-    pub cos: Tensor<B, 2>,
+    pub cos: Tensor<B, 4>,
     /// `sin(pos · inv_freq) · attention_scale`
-    pub sin: Tensor<B, 2>,
+    pub sin: Tensor<B, 4>,
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for positions `0..seq` (angles in f32 like transformers, cos/sin evaluated exactly).
+    /// Tables for positions `0..seq`, shared by every batch row.
     pub fn new(params: &YarnParams, head_dim: usize, seq: usize, device: &B::Device) -> Self {
+        Self::at(params, head_dim, &PositionIds::contiguous(1, seq), device)
+    }
+
+    /// Tables for the given position ids (angles `pos · inv_freq` in f32 like transformers,
+    /// cos/sin evaluated exactly); `[1, 1, seq, half]` when all rows are equal, else
+    /// `[batch, 1, seq, half]`.
+    pub fn at(
+        params: &YarnParams,
+        head_dim: usize,
+        positions: &PositionIds,
+        device: &B::Device,
+    ) -> Self {
         let inv_freq = params.inv_freq(head_dim);
         let scale = params.attention_scaling();
         let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for pos in 0..seq {
+        let seq = positions.seq();
+        let rows = if positions.rows_equal() {
+            1
+        } else {
+            positions.batch()
+        };
+        // one evaluation per distinct position, then gathered per token
+        let distinct = positions.values().iter().max().map_or(0, |&m| m + 1);
+        let mut cos_of = Vec::with_capacity(distinct * half);
+        let mut sin_of = Vec::with_capacity(distinct * half);
+        for pos in 0..distinct {
             for &f in &inv_freq {
                 let angle = ((pos as f32) * f) as f64;
-                cos.push((angle.cos() * scale) as f32);
-                sin.push((angle.sin() * scale) as f32);
+                cos_of.push((angle.cos() * scale) as f32);
+                sin_of.push((angle.sin() * scale) as f32);
             }
         }
+        let mut cos = Vec::with_capacity(rows * seq * half);
+        let mut sin = Vec::with_capacity(rows * seq * half);
+        for b in 0..rows {
+            for &pos in positions.row(b) {
+                cos.extend_from_slice(&cos_of[pos * half..][..half]);
+                sin.extend_from_slice(&sin_of[pos * half..][..half]);
+            }
+        }
+        let shape = [rows, 1, seq, half];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [seq, half]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [seq, half]), device),
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
         }
     }
 
@@ -76,8 +108,8 @@ impl<B: Backend> RopeTables<B> {
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, _, seq, head_dim] = x.dims();
         let half = head_dim / 2;
-        let cos = self.cos.clone().narrow(0, 0, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, 0, seq).unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(2, 0, seq);
+        let sin = self.sin.clone().narrow(2, 0, seq);
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.narrow(3, half, half);
         let first = x1.clone() * cos.clone() - x2.clone() * sin.clone();
@@ -150,5 +182,36 @@ mod tests {
         for (g, w) in y.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{y:?}");
         }
+    }
+
+    #[test]
+    fn packed_positions_take_the_rows_of_their_ids() {
+        let dev = Default::default();
+        let p = gpt_oss();
+        let host = |t: &Tensor<Flex, 4>| (t.dims(), t.to_data().to_vec::<f32>().unwrap());
+        let full = RopeTables::<Flex>::new(&p, 16, 5, &dev);
+        let (dims, cos) = host(&full.cos);
+        assert_eq!(dims, [1, 1, 5, 8]);
+        // row 0 packs [0, 1, 2] + [0, 1]; row 1 is contiguous: one table row per batch row
+        let ids = PositionIds::from_i64(&[0, 1, 2, 0, 1, 0, 1, 2, 3, 4], 2, 5).unwrap();
+        let packed = RopeTables::<Flex>::at(&p, 16, &ids, &dev);
+        let (dims, got) = host(&packed.cos);
+        assert_eq!(dims, [2, 1, 5, 8]);
+        let (_, got_sin) = host(&packed.sin);
+        let (_, sin) = host(&full.sin);
+        for (i, &pos) in ids.values().iter().enumerate() {
+            assert_eq!(got[i * 8..][..8], cos[pos * 8..][..8], "cos of token {i}");
+            assert_eq!(
+                got_sin[i * 8..][..8],
+                sin[pos * 8..][..8],
+                "sin of token {i}"
+            );
+        }
+        // equal rows share one table row
+        let same = PositionIds::from_i64(&[0, 1, 0, 1, 0, 1], 3, 2).unwrap();
+        assert_eq!(
+            RopeTables::<Flex>::at(&p, 16, &same, &dev).cos.dims(),
+            [1, 1, 2, 8]
+        );
     }
 }

@@ -2,11 +2,17 @@
 //! sliding-window pattern, computed by query blocks: each block only scores the keys its pattern
 //! can see (a band of `window` keys for sliding layers, the causal prefix otherwise), so work and
 //! activation memory drop from `seq²` to about `seq·window` (sliding) or `seq²/2` (causal).
+//!
+//! Packed rows ([`PositionIds`] restarting at 0) confine each query to its segment on top of the
+//! pattern: a block's key range then starts no earlier than the first segment start any row needs,
+//! and a per-row mask `[batch, 1, rows, keys]` hides the keys before each query's segment.
+//! Contiguous positions take exactly the unpacked computation (no segment mask is built).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::mask::AttentionPattern;
+use super::positions::PositionIds;
 
 /// Query rows per block for causal layers (sliding layers use the window).
 pub const CAUSAL_BLOCK: usize = 256;
@@ -30,6 +36,47 @@ pub fn blocks(pattern: AttentionPattern, seq: usize) -> Vec<(usize, usize, usize
         .collect()
 }
 
+/// [`blocks`] for packed rows: each block's key range starts no earlier than the smallest segment
+/// start (over the batch rows) of the block's first query. Segment starts never decrease along a
+/// row, so no query of the block sees a key before it.
+pub fn segment_blocks(
+    pattern: AttentionPattern,
+    positions: &PositionIds,
+) -> Vec<(usize, usize, usize, usize)> {
+    blocks(pattern, positions.seq())
+        .into_iter()
+        .map(|(start, end, lo, hi)| (start, end, lo.max(positions.min_segment_start(start)), hi))
+        .collect()
+}
+
+/// Additive `[batch, 1, rows, keys]` mask of one block hiding, per batch row, the keys before each
+/// query's segment start (0 visible, -inf hidden); `None` when every query's segment starts at or
+/// before the block's first key.
+fn segment_mask<B: Backend>(
+    positions: &PositionIds,
+    (start, end, lo, hi): (usize, usize, usize, usize),
+    device: &B::Device,
+) -> Option<Tensor<B, 4>> {
+    let batch = positions.batch();
+    let (rows, keys) = (end - start, hi - lo);
+    // per query: how many of the block's keys lie before its segment (exact in f32 below 2^24)
+    let before: Vec<f32> = (0..batch)
+        .flat_map(|b| (start..end).map(move |q| (b, q)))
+        .map(|(b, q)| positions.segment_start(b, q).saturating_sub(lo) as f32)
+        .collect();
+    if before.iter().all(|&n| n == 0.0) {
+        return None;
+    }
+    let shape = [batch, 1, rows, keys];
+    let before = Tensor::<B, 4>::from_data(TensorData::new(before, [batch, 1, rows, 1]), device)
+        .expand(shape);
+    let key = Tensor::<B, 1, Int>::arange(0..keys as i64, device)
+        .float()
+        .reshape([1, 1, 1, keys])
+        .expand(shape);
+    Some(Tensor::zeros(shape, device).mask_fill(key.lower(before), f32::NEG_INFINITY))
+}
+
 /// Additive `[rows·keys]` mask of one block (0 visible, -inf hidden), `None` when all is visible.
 fn block_mask(
     pattern: AttentionPattern,
@@ -49,22 +96,29 @@ fn block_mask(
 
 /// `q [batch, heads, seq, d]` (rotated, not yet scaled), `k`, `v` `[batch, kv_heads, seq, d]`,
 /// `sinks [heads]` -> `[batch, heads, seq, d]`. Query head `i·rep + j` uses kv head `i`; the
-/// softmax of each row runs over its visible keys plus the head's sink logit (dropped after).
+/// softmax of each row runs over its visible keys (the pattern's, within the query's packed
+/// segment of `positions`, `[batch, seq]`) plus the head's sink logit (dropped after).
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     sinks: Tensor<B, 1>,
     pattern: AttentionPattern,
+    positions: &PositionIds,
 ) -> Tensor<B, 4> {
     let [batch, heads, seq, d] = q.dims();
+    assert_eq!(
+        [positions.batch(), positions.seq()],
+        [batch, seq],
+        "position ids do not match the attention input"
+    );
     let [_, kv, _, _] = k.dims();
     let rep = heads / kv;
     let device = q.device();
     let q = q.mul_scalar((d as f64).powf(-0.5));
     let sinks = sinks.reshape([1, heads, 1, 1]);
     let mut outputs = Vec::new();
-    for block in blocks(pattern, seq) {
+    for block in segment_blocks(pattern, positions) {
         let (start, end, lo, hi) = block;
         let (rows, keys) = (end - start, hi - lo);
         let qb = q
@@ -80,7 +134,10 @@ pub fn attention<B: Backend>(
             let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [1, rows * keys]), &device);
             scores = scores + mask;
         }
-        let scores = scores.reshape([batch, heads, rows, keys]);
+        let mut scores = scores.reshape([batch, heads, rows, keys]);
+        if let Some(mask) = segment_mask(positions, block, &device) {
+            scores = scores + mask;
+        }
         // softmax over [scores, sink] without materializing the extra column
         let row_max = scores
             .clone()
@@ -101,13 +158,38 @@ mod tests {
     use burn::backend::Flex;
     use burn::tensor::Distribution;
 
+    /// Position ids of rows packed from segments of the given lengths.
+    fn packed(rows: &[&[usize]]) -> PositionIds {
+        let seq: usize = rows[0].iter().sum();
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|lengths| {
+                assert_eq!(lengths.iter().sum::<usize>(), seq);
+                lengths.iter().flat_map(|&n| 0..n as i64)
+            })
+            .collect();
+        PositionIds::from_i64(&ids, rows.len(), seq).unwrap()
+    }
+
     #[test]
     fn blocks_cover_the_visible_keys() {
         let b = blocks(AttentionPattern::Sliding { window: 4 }, 10);
         assert_eq!(b, vec![(0, 4, 0, 4), (4, 8, 1, 8), (8, 10, 5, 10)]);
         let b = blocks(AttentionPattern::Causal, 300);
         assert_eq!(b, vec![(0, 256, 0, 256), (256, 300, 0, 300)]);
+        // contiguous positions change nothing; a segment start in every row moves the key range
+        let c = PositionIds::contiguous(2, 300);
+        assert_eq!(segment_blocks(AttentionPattern::Causal, &c), b);
+        let p = packed(&[&[7, 100, 1, 150, 42], &[200, 3, 57, 40]]);
+        let b = segment_blocks(AttentionPattern::Causal, &p);
+        assert_eq!(b, vec![(0, 256, 0, 256), (256, 300, 108, 300)]);
+        let b = segment_blocks(AttentionPattern::Sliding { window: 4 }, &packed(&[&[6, 4]]));
+        assert_eq!(b, vec![(0, 4, 0, 4), (4, 8, 1, 8), (8, 10, 6, 10)]);
         // every visible (q, k) pair lies inside its block's key range
+        let packs = [
+            PositionIds::contiguous(1, 600),
+            packed(&[&[300, 1, 99, 200], &[299, 301], &[600]]),
+        ];
         for p in [
             AttentionPattern::Causal,
             AttentionPattern::Sliding { window: 3 },
@@ -117,6 +199,19 @@ mod tests {
                     for k in 0..600 {
                         if p.visible(q, k) {
                             assert!((lo..hi).contains(&k), "{p:?} q {q} k {k}");
+                        }
+                    }
+                }
+            }
+            for pos in &packs {
+                for (s, e, lo, hi) in segment_blocks(p, pos) {
+                    for b in 0..pos.batch() {
+                        for q in s..e {
+                            for k in 0..600 {
+                                if p.visible_in_segment(q, k, pos.segment_start(b, q)) {
+                                    assert!((lo..hi).contains(&k), "{p:?} row {b} q {q} k {k}");
+                                }
+                            }
                         }
                     }
                 }
@@ -132,6 +227,7 @@ mod tests {
         sinks: &[f32],
         dims: [usize; 5],
         p: AttentionPattern,
+        positions: &PositionIds,
     ) -> Vec<f64> {
         let [b, h, kv, t, d] = dims;
         let rep = h / kv;
@@ -143,7 +239,7 @@ mod tests {
                     let qrow = &q[((bi * h + hi) * t + qi) * d..][..d];
                     let mut logits = Vec::new();
                     for kj in 0..t {
-                        if p.visible(qi, kj) {
+                        if p.visible_in_segment(qi, kj, positions.segment_start(bi, qi)) {
                             let krow = &k[((bi * kv + ki) * t + kj) * d..][..d];
                             let dot: f64 = qrow
                                 .iter()
@@ -173,33 +269,50 @@ mod tests {
     fn matches_a_naive_per_row_computation() {
         let dev = Default::default();
         let (b, h, kv, t, d) = (2, 6, 2, 300, 8);
+        let layouts = [
+            PositionIds::contiguous(b, t),
+            // segments shorter and longer than the window, across block boundaries, different
+            // per row; every row has a segment start before the second causal block
+            packed(&[&[7, 100, 1, 150, 42], &[200, 3, 57, 40]]),
+            packed(&[&[300], &[2, 1, 1, 296]]),
+        ];
         for p in [
             AttentionPattern::Causal,
             AttentionPattern::Sliding { window: 5 },
         ] {
-            let q = Tensor::<Flex, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &dev);
-            let k = Tensor::<Flex, 4>::random([b, kv, t, d], Distribution::Normal(0.0, 1.0), &dev);
-            let v = Tensor::<Flex, 4>::random([b, kv, t, d], Distribution::Normal(0.0, 1.0), &dev);
-            let s = Tensor::<Flex, 1>::random([h], Distribution::Normal(0.0, 1.0), &dev);
-            let host = |x: &Tensor<Flex, 4>| x.to_data().to_vec::<f32>().unwrap();
-            let want = naive(
-                &host(&q),
-                &host(&k),
-                &host(&v),
-                &s.to_data().to_vec::<f32>().unwrap(),
-                [b, h, kv, t, d],
-                p,
-            );
-            let got = attention(q, k, v, s, p)
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (*g as f64 - w).abs())
-                .fold(0.0, f64::max);
-            assert!(err < 1e-5, "{p:?}: max abs error {err}");
+            for positions in &layouts {
+                let q =
+                    Tensor::<Flex, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &dev);
+                let k =
+                    Tensor::<Flex, 4>::random([b, kv, t, d], Distribution::Normal(0.0, 1.0), &dev);
+                let v =
+                    Tensor::<Flex, 4>::random([b, kv, t, d], Distribution::Normal(0.0, 1.0), &dev);
+                let s = Tensor::<Flex, 1>::random([h], Distribution::Normal(0.0, 1.0), &dev);
+                let host = |x: &Tensor<Flex, 4>| x.to_data().to_vec::<f32>().unwrap();
+                let want = naive(
+                    &host(&q),
+                    &host(&k),
+                    &host(&v),
+                    &s.to_data().to_vec::<f32>().unwrap(),
+                    [b, h, kv, t, d],
+                    p,
+                    positions,
+                );
+                let got = attention(q, k, v, s, p, positions)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    err < 1e-5,
+                    "{p:?}, {:?}: max abs error {err}",
+                    &positions.values()[..12]
+                );
+            }
         }
     }
 }

@@ -117,3 +117,8 @@ pub const LOGITS_TOL: f32 = 2e-3;
 pub const LOSS_REL_TOL: f32 = 1e-4;
 /// Gradient tolerance (golden.json: relative L2 <= 1e-3 per tensor).
 pub const GRAD_REL_TOL: f64 = 1e-3;
+
+/// Position ids of one row packed from segments of the given lengths (each restarting at 0).
+pub fn packed_positions(lengths: &[usize]) -> Vec<i64> {
+    lengths.iter().flat_map(|&n| 0..n as i64).collect()
+}
