@@ -7,3 +7,4 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod model;
+pub mod train;

@@ -66,11 +66,12 @@ pub fn run(args: &PrepareArgs) -> Result<()> {
     }
     let dir = resolve_model(&args.base)?;
     let encoder = load_encoder(&dir, &args.data.render_options()?)?;
+    let load_s = started.elapsed().as_secs_f64();
     let opts = args
         .data
         .data_options(args.seed.unwrap_or(DEFAULT_SEED), args.show);
     let prepared = prepare(&encoder, &opts)?;
-    let encoded_s = started.elapsed().as_secs_f64();
+    let encoded_s = started.elapsed().as_secs_f64() - load_s;
 
     write_split(&prepared.train, args.seed, &args.out)?;
     if let (Some(path), Some(eval)) = (&args.eval_out, &prepared.eval) {
@@ -102,7 +103,9 @@ pub fn run(args: &PrepareArgs) -> Result<()> {
         "skipped_bad_rows": prepared.train_stats.skipped_bad_rows,
         "eval": prepared.eval.as_ref().map(Split::summary),
         "eval_rows": prepared.eval_stats.as_ref(),
+        "load_seconds": load_s,
         "encode_seconds": encoded_s,
+        "fast_tokenizer": encoder.is_fast(),
         "seconds": seconds,
         "tokens_per_s": train.tokens as f64 / encoded_s.max(1e-9),
         "threads": rayon::current_num_threads(),

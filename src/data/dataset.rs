@@ -15,7 +15,7 @@ use super::source::{read_rows, resolve, total_bytes, RawRow};
 use super::store::TokenStore;
 
 /// Rows per parallel batch.
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
 /// Bad rows named one by one in warnings before the rest are only counted.
 const WARN_ROWS: usize = 5;
 
@@ -213,7 +213,8 @@ fn read_split(
                 .into_par_iter()
                 .map(|raw| {
                     let result = raw
-                        .value
+                        .content
+                        .parse()
                         .and_then(|v| classify(&v))
                         .and_then(|row| enc.encode_shown(&row));
                     (raw.location, result)

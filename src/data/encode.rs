@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use minijinja::Value;
 use tokenizers::Tokenizer;
 
+use super::fast_bpe::FastBpe;
 use super::row::Row;
 use super::template::{ChatTemplate, TemplateVars};
 
@@ -46,6 +47,7 @@ pub struct Encoder {
     /// The chat template (needed for conversation rows).
     pub template: Option<ChatTemplate>,
     tokenizer: Tokenizer,
+    fast: Option<FastBpe>,
     /// Template variables from flags.
     pub vars: TemplateVars,
     /// Train only assistant turns of conversations.
@@ -72,24 +74,57 @@ impl Encoder {
             "{}: no tokenizer.json (the checkpoint's tokenizer is needed to tokenize the data)",
             dir.display()
         );
-        let tokenizer = Tokenizer::from_file(&path)
+        let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let tokenizer = Tokenizer::from_bytes(&text)
             .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{}: invalid JSON", path.display()))?;
+        let fast = match FastBpe::detect(&json) {
+            Ok(f) => {
+                tracing::debug!("{}: o200k, using the fast BPE path", path.display());
+                Some(f)
+            }
+            Err(why) => {
+                tracing::debug!("{}: general tokenizer path ({why})", path.display());
+                None
+            }
+        };
         Ok(Self {
             template,
             tokenizer,
+            fast,
             vars,
             assistant_only_loss,
             vocab_size,
         })
     }
 
-    /// Tokenizes `text` (no special tokens added): ids and byte offsets.
+    /// Whether the fast o200k path is in use.
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Tokenizes `text` (no special tokens added): ids and byte offsets; the fast o200k path when
+    /// it applies, else the `tokenizers` pipeline.
     pub fn tokenize(&self, text: &str) -> Result<Tokens, String> {
+        let (ids, offsets) = match &self.fast {
+            Some(f) => f.encode(text),
+            None => self.tokenize_reference(text)?,
+        };
+        self.check_vocab(&ids)?;
+        Ok((ids, offsets))
+    }
+
+    /// Tokenizes with the `tokenizers` pipeline (the reference of the fast path).
+    pub fn tokenize_reference(&self, text: &str) -> Result<Tokens, String> {
         let enc = self
             .tokenizer
             .encode(text, false)
             .map_err(|e| format!("tokenizer failed: {e}"))?;
-        let ids = enc.get_ids().to_vec();
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    fn check_vocab(&self, ids: &[u32]) -> Result<(), String> {
         if let Some((i, id)) = ids
             .iter()
             .enumerate()
@@ -100,7 +135,7 @@ impl Encoder {
                 self.vocab_size
             ));
         }
-        Ok((ids, enc.get_offsets().to_vec()))
+        Ok(())
     }
 
     fn template(&self) -> Result<&ChatTemplate, String> {

@@ -6,6 +6,7 @@
 
 pub mod dataset;
 pub mod encode;
+pub mod fast_bpe;
 pub mod order;
 pub mod pack;
 pub mod pyjson;

@@ -95,12 +95,34 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// One row read from a file: where it is (for messages) and its value or why it is unreadable.
+/// One row read from a file: where it is (for messages) and its content.
 pub struct RawRow {
     /// `file:line N` or `file: row N`.
     pub location: String,
-    /// The row, or the parse error.
-    pub value: Result<Value, String>,
+    /// The row's content.
+    pub content: RawContent,
+}
+
+/// A row as read: JSON text (parsed by the caller, in parallel), a decoded Parquet record, or
+/// why it is unreadable.
+pub enum RawContent {
+    /// One JSONL line.
+    Json(String),
+    /// A Parquet record.
+    Value(Value),
+    /// Unreadable.
+    Error(String),
+}
+
+impl RawContent {
+    /// The row as a template value.
+    pub fn parse(self) -> Result<Value, String> {
+        match self {
+            Self::Json(text) => value::from_json(&text).map_err(|e| format!("malformed JSON: {e}")),
+            Self::Value(v) => Ok(v),
+            Self::Error(e) => Err(e),
+        }
+    }
 }
 
 /// Streams the rows of a file to `sink` in batches of up to `batch` rows; `sink` returns `false`
@@ -137,21 +159,12 @@ fn read_jsonl(
         line_no += 1;
         bytes += n as u64;
         let location = format!("{}:{line_no}", path.display());
-        let text = match std::str::from_utf8(&line) {
-            Ok(t) => t.trim(),
-            Err(e) => {
-                rows.push(RawRow {
-                    location,
-                    value: Err(format!("not UTF-8 ({e})")),
-                });
-                continue;
-            }
+        let content = match std::str::from_utf8(&line) {
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => RawContent::Json(t.trim().to_string()),
+            Err(e) => RawContent::Error(format!("not UTF-8 ({e})")),
         };
-        if text.is_empty() {
-            continue;
-        }
-        let value = value::from_json(text).map_err(|e| format!("malformed JSON: {e}"));
-        rows.push(RawRow { location, value });
+        rows.push(RawRow { location, content });
         if rows.len() == batch && !sink(std::mem::take(&mut rows), bytes)? {
             return Ok(());
         }
@@ -206,10 +219,11 @@ fn read_parquet(
         for row in iter {
             let location = format!("{}: row {row_no}", path.display());
             row_no += 1;
-            let value = row
-                .map(|r| value::from_parquet_row(&r))
-                .map_err(|e| format!("unreadable Parquet row: {e}"));
-            rows.push(RawRow { location, value });
+            let content = match row {
+                Ok(r) => RawContent::Value(value::from_parquet_row(&r)),
+                Err(e) => RawContent::Error(format!("unreadable Parquet row: {e}")),
+            };
+            rows.push(RawRow { location, content });
             if rows.len() == batch && !sink(std::mem::take(&mut rows), bytes)? {
                 return Ok(());
             }
