@@ -4,6 +4,7 @@ pub mod data_args;
 pub mod inspect;
 pub mod prepare;
 pub mod score;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ pub enum Command {
     Score(score::ScoreArgs),
     /// What training would see: rendered, tokenized, masked (and packed) sequences as JSON lines.
     Prepare(prepare::PrepareArgs),
+    /// LoRA-QAT fine-tuning: writes checkpoints, logs, the PEFT adapter and its model card.
+    Train(train::TrainArgs),
 }
 
 impl Cli {
@@ -34,6 +37,7 @@ impl Cli {
             Command::Inspect(args) => inspect::run(&args),
             Command::Score(args) => score::run(&args),
             Command::Prepare(args) => prepare::run(&args),
+            Command::Train(args) => train::run(&args),
         }
     }
 }

@@ -104,6 +104,9 @@ pub struct TrainConfig {
     /// Keys given that have no effect here, with why (reported at start).
     #[serde(skip)]
     pub no_effect: Vec<String>,
+    /// Canonical names of the keys set by a recipe or a flag.
+    #[serde(skip)]
+    pub explicit: std::collections::BTreeSet<String>,
 }
 
 impl Default for TrainConfig {
@@ -156,6 +159,7 @@ impl Default for TrainConfig {
             resume_from_checkpoint: None,
             overwrite_output_dir: false,
             no_effect: Vec::new(),
+            explicit: Default::default(),
         }
     }
 }
@@ -340,6 +344,12 @@ impl TrainConfig {
             "overwrite_output_dir" => self.overwrite_output_dir = as_bool(key, v)?,
             _ => return Ok(false),
         }
+        let canonical = match key {
+            "r" => "lora_r",
+            "target_modules" => "lora_target_modules",
+            other => other,
+        };
+        self.explicit.insert(canonical.to_string());
         Ok(true)
     }
 

@@ -2,5 +2,15 @@
 //! tensor names (host f32), with its AdamW moments; the frozen base stays packed and
 //! memory-mapped and never enters an optimizer or a checkpoint.
 
+pub mod batch;
+pub mod clip;
 pub mod config;
+pub mod eval;
+pub mod optim;
+pub mod report;
+pub mod schedule;
+pub mod setup;
+pub mod state;
+pub mod step;
 pub mod targets;
+pub mod trainer;

@@ -1,0 +1,197 @@
+//! `lora-qat train`: the single-binary equivalent of ModelOpt's `sft.py --quant_cfg
+//! MXFP4_MLP_WEIGHT_ONLY_CFG` with LoRA. Flags are kebab-case with TRL/ModelOpt's snake_case
+//! spellings as aliases; every value goes through the same parser as the recipe's keys
+//! (`train::config::TrainConfig::set`), and flags override the recipe.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::train::config::TrainConfig;
+use crate::train::setup::setup;
+use crate::train::trainer;
+
+/// Declares the flags that map one-to-one onto recipe keys.
+macro_rules! flags {
+    ($($(#[doc = $doc:literal])* $field:ident = $long:literal $(| $alias:literal)*;)*) => {
+        /// Arguments of `lora-qat train`.
+        #[derive(Debug, clap::Args)]
+        pub struct TrainArgs {
+            /// Recipe file (YAML): ModelOpt's `configs/sft_lora.yaml` keys and TRL's `SFTConfig` keys.
+            #[arg(long)]
+            pub config: Option<PathBuf>,
+            /// Training data: JSONL or Parquet files, directories or globs (repeatable).
+            #[arg(long, alias = "dataset_name", alias = "train_file")]
+            pub data: Vec<String>,
+            /// Eval data (repeatable) instead of a split of the training data.
+            #[arg(long = "eval-data", visible_alias = "eval_data")]
+            pub eval_data: Vec<String>,
+            /// Compute device: `cpu`, or `cuda` (builds with the `cuda` feature).
+            #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+            pub device: String,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long = $long $(, visible_alias = $alias)*, num_args = 0..=1, default_missing_value = "true")]
+                pub $field: Option<String>,
+            )*
+        }
+
+        impl TrainArgs {
+            /// `(recipe key, value)` of every flag given.
+            fn given(&self) -> Vec<(&'static str, String)> {
+                let mut v = Vec::new();
+                $( if let Some(x) = &self.$field { v.push((stringify!($field), x.clone())); } )*
+                v
+            }
+        }
+    };
+}
+
+flags! {
+    /// Base checkpoint: a local directory or a hub repo id (resolved in the Hugging Face cache).
+    model_name_or_path = "base" | "model_name_or_path" | "base-path";
+    /// Output directory: checkpoints, logs, the final adapter and its model card.
+    output_dir = "output-dir" | "output_dir";
+    /// Hold out this seeded fraction of the examples for eval.
+    eval_split = "eval-split" | "eval_split";
+    /// Truncate examples to this many tokens (the sequence length when packing; default 1024).
+    max_length = "max-length" | "max_length" | "max_seq_length";
+    /// Pack examples into sequences of --max-length (attention confined to each example).
+    packing = "packing";
+    /// Train only the assistant turns of conversations (default true).
+    assistant_only_loss = "assistant-only-loss" | "assistant_only_loss";
+    /// The date the chat template prints (YYYY-MM-DD).
+    chat_template_date = "chat-template-date" | "chat_template_date";
+    /// `reasoning_effort` for the template: low, medium or high.
+    reasoning_effort = "reasoning-effort" | "reasoning_effort";
+    /// More template variables, a JSON object.
+    chat_template_kwargs = "chat-template-kwargs" | "chat_template_kwargs";
+    /// Skip unusable rows (counted) instead of stopping.
+    skip_bad_rows = "skip-bad-rows" | "skip_bad_rows";
+    /// Peak learning rate (default 2e-5).
+    learning_rate = "learning-rate" | "learning_rate" | "lr";
+    /// Epochs (default 3; ignored when --max-steps is set).
+    num_train_epochs = "num-train-epochs" | "num_train_epochs";
+    /// Optimizer steps (-1: from the epochs).
+    max_steps = "max-steps" | "max_steps";
+    /// Sequences per micro-batch (default 8).
+    per_device_train_batch_size = "per-device-train-batch-size" | "per_device_train_batch_size";
+    /// Sequences per eval batch (default 8).
+    per_device_eval_batch_size = "per-device-eval-batch-size" | "per_device_eval_batch_size";
+    /// Micro-batches per optimizer step (default 1).
+    gradient_accumulation_steps = "gradient-accumulation-steps" | "gradient_accumulation_steps";
+    /// constant, constant_with_warmup, linear (default), cosine, cosine_with_min_lr.
+    lr_scheduler_type = "lr-scheduler-type" | "lr_scheduler_type";
+    /// lr_scheduler_kwargs as JSON, e.g. '{"min_lr_rate": 0.1}'.
+    lr_scheduler_kwargs = "lr-scheduler-kwargs" | "lr_scheduler_kwargs";
+    /// Floor of cosine_with_min_lr as a fraction of the peak.
+    min_lr_rate = "min-lr-rate" | "min_lr_rate";
+    /// Warmup steps (a value below 1 is a ratio, as transformers 5 reads it).
+    warmup_steps = "warmup-steps" | "warmup_steps";
+    /// Warmup as a fraction of the steps.
+    warmup_ratio = "warmup-ratio" | "warmup_ratio";
+    /// AdamW weight decay (default 0).
+    weight_decay = "weight-decay" | "weight_decay";
+    /// AdamW beta1 (default 0.9).
+    adam_beta1 = "adam-beta1" | "adam_beta1";
+    /// AdamW beta2 (default 0.999).
+    adam_beta2 = "adam-beta2" | "adam_beta2";
+    /// AdamW epsilon (default 1e-8).
+    adam_epsilon = "adam-epsilon" | "adam_epsilon";
+    /// Global gradient-norm clip (default 1.0; 0 turns clipping off).
+    max_grad_norm = "max-grad-norm" | "max_grad_norm";
+    /// Log every N steps (default 10).
+    logging_steps = "logging-steps" | "logging_steps";
+    /// no (default), steps or epoch.
+    eval_strategy = "eval-strategy" | "eval_strategy" | "evaluation_strategy";
+    /// Eval every N steps (default: logging_steps).
+    eval_steps = "eval-steps" | "eval_steps";
+    /// Also evaluate before the first step.
+    eval_on_start = "eval-on-start" | "eval_on_start";
+    /// steps (default), epoch or no.
+    save_strategy = "save-strategy" | "save_strategy";
+    /// Checkpoint every N steps (default 500).
+    save_steps = "save-steps" | "save_steps";
+    /// Keep at most N checkpoints.
+    save_total_limit = "save-total-limit" | "save_total_limit";
+    /// LoRA rank (default 16).
+    lora_r = "lora-r" | "lora_r";
+    /// LoRA alpha (default 32).
+    lora_alpha = "lora-alpha" | "lora_alpha";
+    /// LoRA dropout (only 0 is supported).
+    lora_dropout = "lora-dropout" | "lora_dropout";
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    use_rslora = "use-rslora" | "use_rslora";
+    /// Adapted modules, comma-separated (default all-linear: attention q/k/v/o and both expert projections).
+    lora_target_modules = "lora-target-modules" | "lora_target_modules" | "target_modules";
+    /// Adapt only these layers, comma-separated.
+    layers_to_transform = "layers-to-transform" | "layers_to_transform";
+    /// Seed of the data order, eval split and adapter init (default 42).
+    seed = "seed";
+    /// Recompute each decoder layer in backward (accepted; see docs/PERFORMANCE.md).
+    gradient_checkpointing = "gradient-checkpointing" | "gradient_checkpointing";
+    /// MXFP4_MLP_WEIGHT_ONLY_CFG (default: QAT with the deployed weights) or NONE (plain LoRA).
+    quant_cfg = "quant-cfg" | "quant_cfg";
+    /// ModelOpt's recipe name: general/ptq/mxfp4_mlp_weight_only means MXFP4_MLP_WEIGHT_ONLY_CFG.
+    recipe = "recipe";
+    /// Start from this PEFT adapter (step 2 of SFT-then-QAT).
+    init_adapter = "init-adapter" | "init_adapter";
+    /// Continue from checkpoint-N (a path) or `latest`.
+    resume_from_checkpoint = "resume-from-checkpoint" | "resume_from_checkpoint";
+    /// Replace a previous run in --output-dir.
+    overwrite_output_dir = "overwrite-output-dir" | "overwrite_output_dir";
+}
+
+/// The configuration: defaults, then the recipe, then the flags.
+pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = TrainConfig::default();
+    if let Some(path) = &args.config {
+        let unknown = cfg.apply_recipe(path)?;
+        if !unknown.is_empty() {
+            tracing::warn!("{}: unknown keys, not used: {}", path.display(), unknown.join(", "));
+        }
+    }
+    for (key, value) in args.given() {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if !cfg.set(key, &Value::String(value.clone()))? {
+            bail!("{flag}: no such setting");
+        }
+    }
+    if !args.data.is_empty() {
+        cfg.data = args.data.clone();
+    }
+    if !args.eval_data.is_empty() {
+        cfg.eval_data = args.eval_data.clone();
+    }
+    Ok(cfg)
+}
+
+/// Runs `lora-qat train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let cfg = config(args)?;
+    let s = setup(cfg)?;
+    let outcome = match args.device.as_str() {
+        "cpu" => trainer::run::<burn::backend::Autodiff<burn::backend::Flex>>(s, &Default::default())?,
+        _ => run_cuda(s)?,
+    };
+    let last = outcome.state.log_history.iter().rev().find(|e| e.get("loss").is_some());
+    eprintln!(
+        "{} after {} steps: {}{}",
+        if outcome.interrupted { "interrupted" } else { "done" },
+        outcome.state.global_step,
+        outcome.output_dir.display(),
+        last.map_or(String::new(), |e| format!(" (last loss {})", e["loss"]))
+    );
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(s: crate::train::setup::Setup) -> Result<trainer::Outcome> {
+    trainer::run::<burn::backend::Autodiff<burn::backend::Cuda>>(s, &Default::default())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: crate::train::setup::Setup) -> Result<trainer::Outcome> {
+    bail!("--device cuda needs a build with the `cuda` feature (cargo build --features cuda)")
+}

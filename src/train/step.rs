@@ -1,0 +1,76 @@
+//! One optimizer step's gradients: the micro-batches' losses, each weighted by its share of the
+//! step's counted tokens (the mean over every counted token of the step, as transformers ≥ 4.46
+//! normalizes with `num_items_in_batch`), backward, and the LoRA gradients summed on the host,
+//! keyed by PEFT name.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use kernels::ops::LoraLinearBackend;
+
+use super::batch::Batch;
+use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
+
+/// The summed gradients and the step's mean loss.
+pub struct StepGrads {
+    /// PEFT name -> gradient (stacked like PEFT's tensors).
+    pub grads: BTreeMap<String, Vec<f32>>,
+    /// Mean loss over the step's counted tokens.
+    pub loss: f64,
+    /// Counted tokens.
+    pub counted: usize,
+}
+
+/// Loss of one micro-batch (mean over its counted tokens), as a differentiable scalar.
+pub fn batch_loss<B: LoraLinearBackend>(
+    model: &GptOssForCausalLM<B>,
+    batch: &Batch,
+    mode: ForwardMode,
+    device: &B::Device,
+) -> Result<burn::tensor::Tensor<B, 1>> {
+    let ids = model.input_ids(&batch.ids, batch.batch, batch.seq, device)?;
+    let positions = PositionIds::from_i64(&batch.positions, batch.batch, batch.seq)?;
+    Ok(model.forward_with_loss_at(ids, &positions, &batch.labels, mode)?.loss.loss)
+}
+
+/// Forward and backward over `batches`; `None` batches with no counted token are left out.
+pub fn step_grads<B>(
+    model: &GptOssForCausalLM<B>,
+    batches: &[Batch],
+    mode: ForwardMode,
+    device: &B::Device,
+) -> Result<StepGrads>
+where
+    B: AutodiffBackend + LoraLinearBackend,
+{
+    let total: usize = batches.iter().map(Batch::counted).sum();
+    if total == 0 {
+        bail!("no counted token in the step");
+    }
+    let mut grads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut loss_sum = 0f64;
+    for b in batches.iter().filter(|b| b.counted() > 0) {
+        let weight = b.counted() as f64 / total as f64;
+        let loss = batch_loss(model, b, mode, device)?;
+        let value: f64 = loss.clone().into_scalar().elem();
+        loss_sum += value * weight;
+        let g = loss.mul_scalar(weight).backward();
+        for (name, grad) in model.lora_grads(&g) {
+            let Some(grad) = grad else { continue };
+            let host = grad.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
+            match grads.get_mut(&name) {
+                Some(acc) => acc.iter_mut().zip(&host).for_each(|(a, h)| *a += h),
+                None => {
+                    grads.insert(name, host);
+                }
+            }
+        }
+    }
+    Ok(StepGrads {
+        grads,
+        loss: loss_sum,
+        counted: total,
+    })
+}

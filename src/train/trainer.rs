@@ -1,0 +1,348 @@
+//! The training run: data, adapter, model, then optimizer steps with logs, evals and checkpoints.
+//! Generic over the autodiff backend (CPU `Autodiff<Flex>`; CUDA in `cuda` builds).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use kernels::ops::LoraLinearBackend;
+use serde_json::json;
+
+use super::batch::{collate, Batch};
+use super::clip::{clip_grad_norm, global_grad_norm};
+use super::config::{QuantCfg, TrainConfig};
+use super::eval::eval_loss;
+use super::optim::{AdamW, AdamWConfig};
+use super::report;
+use super::schedule::{LrSchedule, MinLr, ScheduleConfig};
+use super::setup::Setup;
+use super::state::{self, TrainerState, OPTIMIZER_FILE, STATE_FILE};
+use super::step::step_grads;
+use crate::data::Sampler;
+use crate::model::{ForwardMode, GptOssForCausalLM, GradPath, QuantMode};
+
+/// Set by Ctrl-C: the loop saves a checkpoint and stops after the current step.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub state: TrainerState,
+    pub output_dir: PathBuf,
+    /// Stopped by Ctrl-C before `max_steps`.
+    pub interrupted: bool,
+}
+
+/// Host copy of the trainable tensors: PEFT name -> (shape, values).
+type Params = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn params_of(adapter: &adapters::LoraAdapter) -> Params {
+    adapter
+        .tensors()
+        .map(|(k, s, d)| (k.to_string(), (s.to_vec(), d.to_vec())))
+        .collect()
+}
+
+fn adapter_of(config: &adapters::AdapterConfig, params: &Params) -> Result<adapters::LoraAdapter> {
+    let parts = params.iter().map(|(k, (s, d))| (k.clone(), s.clone(), d.clone()));
+    adapters::LoraAdapter::from_parts(config.clone(), parts).context("rebuilding the adapter")
+}
+
+/// Runs training on backend `B`.
+pub fn run<B>(setup: Setup, device: &B::Device) -> Result<Outcome>
+where
+    B: AutodiffBackend + LoraLinearBackend,
+    B::InnerBackend: LoraLinearBackend,
+{
+    let Setup {
+        cfg,
+        ckpt,
+        data,
+        adapter_config,
+        initial,
+        resume,
+        output_dir,
+        coverage,
+        pad_id,
+        total_steps,
+        steps_per_epoch,
+    } = setup;
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    INTERRUPTED.store(false, Ordering::SeqCst);
+
+    let base_config = ckpt.config().clone();
+    let opt_cfg = AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    };
+    let (mut params, mut adamw, mut st) = match &resume {
+        Some(dir) => {
+            let a = adapters::LoraAdapter::load(dir).with_context(|| format!("resuming from {}", dir.display()))?;
+            let opt = AdamW::load(&dir.join(OPTIMIZER_FILE), opt_cfg)?;
+            let st = TrainerState::load(&dir.join(STATE_FILE))?;
+            tracing::info!("resuming from {} (step {})", dir.display(), st.global_step);
+            (params_of(&a), opt, st)
+        }
+        None => (
+            params_of(&initial),
+            AdamW::new(opt_cfg)?,
+            TrainerState {
+                max_steps: total_steps,
+                seed: cfg.seed,
+                ..Default::default()
+            },
+        ),
+    };
+    st.max_steps = total_steps;
+    let schedule = LrSchedule::new(&ScheduleConfig {
+        kind: cfg.lr_scheduler_type.parse()?,
+        base_lr: cfg.learning_rate,
+        warmup: cfg.warmup,
+        total_steps,
+        min_lr: MinLr::from_kwargs(cfg.min_lr_rate, cfg.min_lr)?,
+    })?;
+    let quant = match cfg.quant_cfg {
+        QuantCfg::Mxfp4MlpWeightOnly => QuantMode::Mxfp4,
+        QuantCfg::None => QuantMode::None,
+    };
+    let mode = ForwardMode {
+        quant,
+        path: GradPath::CustomOp,
+    };
+    let mut model = GptOssForCausalLM::<B>::from_checkpoint(ckpt.clone(), device)?
+        .with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
+    let mut sampler = Sampler::new(data.train.len(), cfg.seed, true, st.data_position);
+    let n_train = data.train.len();
+
+    eprintln!("{coverage}");
+    tracing::info!(
+        "{} training sequences, {} steps ({} per epoch), batch {} × accumulation {}, quantization {}",
+        n_train,
+        total_steps,
+        steps_per_epoch,
+        cfg.per_device_train_batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.quant_cfg.name()
+    );
+
+    let evaluate = |model: &GptOssForCausalLM<B>, st: &mut TrainerState| -> Result<()> {
+        let Some(eval) = &data.eval else { return Ok(()) };
+        let m = model.valid();
+        let bs = cfg.per_device_eval_batch_size;
+        let deployed = eval_loss(&m, eval, bs, pad_id, quant, device)?;
+        let other_mode = match quant {
+            QuantMode::Mxfp4 => QuantMode::None,
+            _ => QuantMode::Mxfp4,
+        };
+        let other = eval_loss(&m, eval, bs, pad_id, other_mode, device)?;
+        let (k1, k2) = match quant {
+            QuantMode::Mxfp4 => ("eval_loss", "eval_loss_unquantized"),
+            _ => ("eval_loss", "eval_loss_quantized"),
+        };
+        let entry = json!({"step": st.global_step, "epoch": st.epoch, k1: deployed, k2: other});
+        tracing::info!("step {}: {k1} {deployed:.5}, {k2} {other:.5}", st.global_step);
+        report::append_log(&output_dir, &entry)?;
+        st.log_history.push(entry);
+        Ok(())
+    };
+
+    let eval_every = match cfg.eval_strategy.as_str() {
+        "steps" => cfg.eval_steps.unwrap_or(cfg.logging_steps),
+        "epoch" => steps_per_epoch,
+        _ => 0,
+    };
+    let save_every = match cfg.save_strategy.as_str() {
+        "steps" => cfg.save_steps,
+        "epoch" => steps_per_epoch,
+        _ => 0,
+    };
+    if cfg.eval_on_start && st.global_step == 0 {
+        evaluate(&model, &mut st)?;
+    }
+
+    let bar = ProgressBar::new(total_steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(st.global_step as u64);
+    let (mut window_loss, mut window_steps) = (0f64, 0usize);
+    let mut window_start = Instant::now();
+    let mut window_tokens = 0usize;
+    let mut interrupted = false;
+
+    while st.global_step < total_steps {
+        // gather the step's micro-batches (skipping those with no counted token)
+        let mut batches: Vec<Batch> = Vec::new();
+        while batches.len() < cfg.gradient_accumulation_steps {
+            let seqs: Vec<_> = (0..cfg.per_device_train_batch_size)
+                .filter_map(|_| sampler.next_index().map(|(i, _)| data.train.sequence(i)))
+                .collect();
+            let b = collate(&seqs, pad_id);
+            window_tokens += seqs.iter().map(|s| s.input_ids.len()).sum::<usize>();
+            st.num_input_tokens_seen += seqs.iter().map(|s| s.input_ids.len()).sum::<usize>();
+            if b.counted() == 0 {
+                st.skipped_batches += 1;
+                tracing::warn!("a micro-batch with no trained token was skipped ({} so far)", st.skipped_batches);
+                continue;
+            }
+            batches.push(b);
+        }
+        let step = st.global_step;
+        let mut g = step_grads(&model, &batches, mode, device)
+            .with_context(|| format!("step {}", step + 1))?;
+        let lr = schedule.lr_at(step);
+        let names: Vec<String> = params.keys().cloned().collect();
+        for n in &names {
+            g.grads.entry(n.clone()).or_insert_with(|| vec![0.0; params[n].1.len()]);
+        }
+        if g.grads.len() != params.len() {
+            bail!("step {}: gradients for {} tensors, the adapter has {}", step + 1, g.grads.len(), params.len());
+        }
+        let grad_norm = {
+            // both maps are sorted by name: the views line up with `names`
+            let mut views: Vec<&mut [f32]> = g.grads.values_mut().map(Vec::as_mut_slice).collect();
+            if cfg.max_grad_norm > 0.0 {
+                clip_grad_norm(&mut views, cfg.max_grad_norm)?
+            } else {
+                global_grad_norm(&views.iter().map(|v| &**v).collect::<Vec<_>>())
+            }
+        };
+        if !g.loss.is_finite() || !grad_norm.is_finite() {
+            let last = state::checkpoints(&output_dir)?.pop();
+            bail!(
+                "step {}: non-finite {} ({}); training stopped. The last good checkpoint is {}",
+                step + 1,
+                if g.loss.is_finite() { "gradient norm" } else { "loss" },
+                if g.loss.is_finite() { grad_norm as f64 } else { g.loss },
+                last.map_or("none (no checkpoint was saved yet)".into(), |(_, p)| p.display().to_string())
+            );
+        }
+        {
+            let mut views: Vec<(&str, &mut [f32])> = params.iter_mut().map(|(k, (_, v))| (k.as_str(), v.as_mut_slice())).collect();
+            let grads: Vec<&[f32]> = names.iter().map(|n| g.grads[n].as_slice()).collect();
+            adamw.step(lr, &mut views, &grads)?;
+        }
+        model = model.with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
+        st.global_step += 1;
+        st.num_trained_tokens += g.counted;
+        st.data_position = sampler.position();
+        st.epoch = st.global_step as f64 / steps_per_epoch.max(1) as f64;
+        window_loss += g.loss;
+        window_steps += 1;
+        bar.set_position(st.global_step as u64);
+        bar.set_message(format!("loss {:.4} lr {lr:.2e} grad_norm {grad_norm:.3}", g.loss));
+
+        if st.global_step % cfg.logging_steps == 0 || st.global_step == total_steps {
+            let secs = window_start.elapsed().as_secs_f64();
+            let entry = json!({
+                "step": st.global_step,
+                "epoch": st.epoch,
+                "loss": window_loss / window_steps as f64,
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": window_tokens as f64 / secs.max(1e-9),
+                "num_input_tokens_seen": st.num_input_tokens_seen,
+            });
+            bar.suspend(|| tracing::info!("{entry}"));
+            report::append_log(&output_dir, &entry)?;
+            st.log_history.push(entry);
+            (window_loss, window_steps, window_tokens) = (0.0, 0, 0);
+            window_start = Instant::now();
+        }
+        if eval_every > 0 && (st.global_step % eval_every == 0 || st.global_step == total_steps) {
+            bar.suspend(|| evaluate(&model, &mut st))?;
+        }
+        interrupted = INTERRUPTED.load(Ordering::SeqCst) && st.global_step < total_steps;
+        if (save_every > 0 && st.global_step % save_every == 0) || interrupted {
+            save_checkpoint(&output_dir, &adapter_config, &params, &adamw, &st, cfg.save_total_limit)?;
+        }
+        if interrupted {
+            tracing::warn!("interrupted: checkpoint-{} saved; resume with --resume_from_checkpoint latest", st.global_step);
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if eval_every == 0 && data.eval.is_some() && !interrupted {
+        evaluate(&model, &mut st)?;
+    }
+    finish(&output_dir, &cfg, &adapter_config, &params, &st, &coverage, interrupted)?;
+    Ok(Outcome {
+        state: st,
+        output_dir,
+        interrupted,
+    })
+}
+
+/// Writes `checkpoint-N` (adapter, optimizer, state) through a temporary directory.
+fn save_checkpoint(
+    dir: &Path,
+    config: &adapters::AdapterConfig,
+    params: &Params,
+    adamw: &AdamW,
+    st: &TrainerState,
+    limit: Option<usize>,
+) -> Result<()> {
+    let name = format!("checkpoint-{}", st.global_step);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    adapter_of(config, params)?.save(&tmp, false)?;
+    adamw.save(&tmp.join(OPTIMIZER_FILE))?;
+    st.save(&tmp.join(STATE_FILE))?;
+    let target = dir.join(&name);
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
+    tracing::info!("saved {}", target.display());
+    state::prune(dir, limit)
+}
+
+/// The final adapter, state, plot and model card in `dir`.
+fn finish(
+    dir: &Path,
+    cfg: &TrainConfig,
+    config: &adapters::AdapterConfig,
+    params: &Params,
+    st: &TrainerState,
+    coverage: &str,
+    interrupted: bool,
+) -> Result<()> {
+    if !interrupted {
+        let tmp = dir.join(".final.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        adapter_of(config, params)?.save(&tmp, false)?;
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::rename(tmp.join(f), dir.join(f)).with_context(|| format!("cannot move {f} into {}", dir.display()))?;
+        }
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    st.save(&dir.join(STATE_FILE))?;
+    report::plot(&st.log_history, &dir.join("loss.svg"))?;
+    let last_eval = st.log_history.iter().rev().find(|e| e.get("eval_loss").is_some());
+    let last_train = st.log_history.iter().rev().find(|e| e.get("loss").is_some());
+    let mut last = last_eval.cloned().unwrap_or_default();
+    if let (Some(obj), Some(t)) = (last.as_object_mut(), last_train.and_then(|t| t.get("loss"))) {
+        obj.insert("loss".into(), t.clone());
+    }
+    let card = report::model_card(
+        cfg.model_name_or_path.as_deref().unwrap_or("?"),
+        cfg.quant_cfg.name(),
+        coverage,
+        &serde_json::to_value(cfg)?,
+        Some(&last),
+    );
+    std::fs::write(dir.join("README.md"), card).with_context(|| format!("cannot write {}/README.md", dir.display()))?;
+    Ok(())
+}
