@@ -199,6 +199,7 @@ impl AdapterConfig {
             "monteclora_config",
             "trainable_token_indices",
             "use_bdlora",
+            "velora_config",
         ] {
             extra.insert(k.into(), Value::Null);
         }

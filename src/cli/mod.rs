@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 /// LoRA quantization-aware fine-tuning of gpt-oss, exported as a real MXFP4 checkpoint.
 #[derive(Debug, Parser)]
-#[command(name = "lora-qat", version, about, long_about = None)]
+#[command(name = "lora-qat", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `debug`, `lora_qat=trace`.
     #[arg(long, global = true, default_value = "info", env = "LORA_QAT_LOG")]

@@ -149,7 +149,11 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(path) = &args.config {
         let unknown = cfg.apply_recipe(path)?;
         if !unknown.is_empty() {
-            tracing::warn!("{}: unknown keys, not used: {}", path.display(), unknown.join(", "));
+            tracing::warn!(
+                "{}: unknown keys, not used: {}",
+                path.display(),
+                unknown.join(", ")
+            );
         }
     }
     for (key, value) in args.given() {
@@ -172,13 +176,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = config(args)?;
     let s = setup(cfg)?;
     let outcome = match args.device.as_str() {
-        "cpu" => trainer::run::<burn::backend::Autodiff<burn::backend::Flex>>(s, &Default::default())?,
+        "cpu" => {
+            trainer::run::<burn::backend::Autodiff<burn::backend::Flex>>(s, &Default::default())?
+        }
         _ => run_cuda(s)?,
     };
-    let last = outcome.state.log_history.iter().rev().find(|e| e.get("loss").is_some());
+    let last = outcome
+        .state
+        .log_history
+        .iter()
+        .rev()
+        .find(|e| e.get("loss").is_some());
     eprintln!(
         "{} after {} steps: {}{}",
-        if outcome.interrupted { "interrupted" } else { "done" },
+        if outcome.interrupted {
+            "interrupted"
+        } else {
+            "done"
+        },
         outcome.state.global_step,
         outcome.output_dir.display(),
         last.map_or(String::new(), |e| format!(" (last loss {})", e["loss"]))

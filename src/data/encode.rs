@@ -74,7 +74,8 @@ impl Encoder {
             "{}: no tokenizer.json (the checkpoint's tokenizer is needed to tokenize the data)",
             dir.display()
         );
-        let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let tokenizer = Tokenizer::from_bytes(&text)
             .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
         let json: serde_json::Value = serde_json::from_slice(&text)

@@ -51,7 +51,9 @@ impl FastBpe {
             return Err("has a normalizer".into());
         }
         let pre = &t["pre_tokenizer"];
-        let parts = pre["pretokenizers"].as_array().ok_or("pre-tokenizer is not a sequence")?;
+        let parts = pre["pretokenizers"]
+            .as_array()
+            .ok_or("pre-tokenizer is not a sequence")?;
         let [split, byte_level] = parts.as_slice() else {
             return Err("pre-tokenizer is not Split + ByteLevel".into());
         };
@@ -98,7 +100,12 @@ impl FastBpe {
             if id < n {
                 return Err(format!("added token {id} overlaps the vocabulary"));
             }
-            patterns.push(a["content"].as_str().ok_or("added token without content")?.to_string());
+            patterns.push(
+                a["content"]
+                    .as_str()
+                    .ok_or("added token without content")?
+                    .to_string(),
+            );
             special_ids.push(id as u32);
         }
         let specials = AhoCorasick::builder()
@@ -117,17 +124,18 @@ impl FastBpe {
         let mut ids = Vec::with_capacity(text.len() / 3);
         let mut offsets = Vec::with_capacity(text.len() / 3);
         let mut at = 0;
-        let plain = |ids: &mut Vec<u32>, offsets: &mut Vec<(usize, usize)>, from: usize, to: usize| {
-            let mut pos = from;
-            for piece in self.bpe.split(&text[from..to]) {
-                for id in self.bpe.bpe.encode_via_backtracking(piece.as_bytes()) {
-                    let len = self.bpe.bpe.token_len(id);
-                    ids.push(id);
-                    offsets.push((pos, pos + len));
-                    pos += len;
+        let plain =
+            |ids: &mut Vec<u32>, offsets: &mut Vec<(usize, usize)>, from: usize, to: usize| {
+                let mut pos = from;
+                for piece in self.bpe.split(&text[from..to]) {
+                    for id in self.bpe.bpe.encode_via_backtracking(piece.as_bytes()) {
+                        let len = self.bpe.bpe.token_len(id);
+                        ids.push(id);
+                        offsets.push((pos, pos + len));
+                        pos += len;
+                    }
                 }
-            }
-        };
+            };
         for m in self.specials.find_iter(text) {
             plain(&mut ids, &mut offsets, at, m.start());
             ids.push(self.special_ids[m.pattern().as_usize()]);

@@ -30,7 +30,12 @@ impl Batch {
 
 /// Pads `seqs` to the longest with `pad_id`.
 pub fn collate(seqs: &[Sequence], pad_id: u32) -> Batch {
-    let seq = seqs.iter().map(|s| s.input_ids.len()).max().unwrap_or(0).max(1);
+    let seq = seqs
+        .iter()
+        .map(|s| s.input_ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut b = Batch {
         ids: Vec::with_capacity(seqs.len() * seq),
         labels: Vec::with_capacity(seqs.len() * seq),

@@ -166,17 +166,38 @@ impl Default for TrainConfig {
 
 /// Keys accepted for compatibility that change nothing here, with the reason.
 const NO_EFFECT: &[(&str, &str)] = &[
-    ("attn_implementation", "attention is lora-qat's own blocked kernel"),
-    ("dtype", "the base stays MXFP4/bf16 as released; compute is f32"),
-    ("torch_dtype", "the base stays MXFP4/bf16 as released; compute is f32"),
+    (
+        "attn_implementation",
+        "attention is lora-qat's own blocked kernel",
+    ),
+    (
+        "dtype",
+        "the base stays MXFP4/bf16 as released; compute is f32",
+    ),
+    (
+        "torch_dtype",
+        "the base stays MXFP4/bf16 as released; compute is f32",
+    ),
     ("bf16", "compute is f32"),
     ("use_peft", "lora-qat always trains a LoRA adapter"),
-    ("report_to", "metrics go to trainer_state.json, a JSONL log and a plot in output_dir"),
-    ("dataset_num_proc", "tokenization uses every core (RAYON_NUM_THREADS)"),
+    (
+        "report_to",
+        "metrics go to trainer_state.json, a JSONL log and a plot in output_dir",
+    ),
+    (
+        "dataset_num_proc",
+        "tokenization uses every core (RAYON_NUM_THREADS)",
+    ),
     ("calib_size", "weight-only MXFP4 needs no calibration"),
     ("run_name", "no tracker"),
-    ("dataset_test_split", "hub split names do not apply; use eval_data or eval_split"),
-    ("dataset_train_split", "hub split names do not apply; pass the files in data"),
+    (
+        "dataset_test_split",
+        "hub split names do not apply; use eval_data or eval_split",
+    ),
+    (
+        "dataset_train_split",
+        "hub split names do not apply; pass the files in data",
+    ),
     ("logging_strategy", "logs every logging_steps"),
     ("push_to_hub", "nothing is uploaded"),
     ("do_train", "train always trains"),
@@ -188,15 +209,22 @@ const NO_EFFECT: &[(&str, &str)] = &[
 fn as_bool(key: &str, v: &Value) -> Result<bool> {
     match v {
         Value::Bool(b) => Ok(*b),
-        Value::String(s) => crate::cli::data_args::parse_bool(s).map_err(|e| anyhow::anyhow!("{key}: {e}")),
+        Value::String(s) => {
+            crate::cli::data_args::parse_bool(s).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        }
         _ => bail!("{key}: expected true or false, got {v}"),
     }
 }
 
 fn as_f64(key: &str, v: &Value) -> Result<f64> {
     match v {
-        Value::Number(n) => n.as_f64().with_context(|| format!("{key}: {n} is not a number")),
-        Value::String(s) => s.trim().parse().with_context(|| format!("{key}: {s:?} is not a number")),
+        Value::Number(n) => n
+            .as_f64()
+            .with_context(|| format!("{key}: {n} is not a number")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("{key}: {s:?} is not a number")),
         _ => bail!("{key}: expected a number, got {v}"),
     }
 }
@@ -220,7 +248,11 @@ fn as_string(key: &str, v: &Value) -> Result<String> {
 fn as_strings(key: &str, v: &Value) -> Result<Vec<String>> {
     match v {
         Value::Array(a) => a.iter().map(|x| as_string(key, x)).collect(),
-        Value::String(s) => Ok(s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()),
+        Value::String(s) => Ok(s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()),
         _ => bail!("{key}: expected a list of strings, got {v}"),
     }
 }
@@ -241,9 +273,13 @@ impl TrainConfig {
             return Ok(true);
         }
         match key {
-            "model_name_or_path" | "base" | "base_path" => self.model_name_or_path = opt(v, || as_string(key, v))?,
+            "model_name_or_path" | "base" | "base_path" => {
+                self.model_name_or_path = opt(v, || as_string(key, v))?
+            }
             "output_dir" => self.output_dir = opt(v, || as_string(key, v))?,
-            "data" | "dataset_name" | "train_file" | "data_files" => self.data = as_strings(key, v)?,
+            "data" | "dataset_name" | "train_file" | "data_files" => {
+                self.data = as_strings(key, v)?
+            }
             "eval_data" | "eval_file" => self.eval_data = as_strings(key, v)?,
             "eval_split" => self.eval_split = opt(v, || as_f64(key, v))?,
             "max_length" | "max_seq_length" => self.max_length = as_usize(key, v)?,
@@ -269,34 +305,47 @@ impl TrainConfig {
             "num_train_epochs" | "epochs" => self.num_train_epochs = as_f64(key, v)?,
             "max_steps" => {
                 let f = as_f64(key, v)?;
-                self.max_steps = if f < 0.0 { None } else { Some(as_usize(key, v)?) };
+                self.max_steps = if f < 0.0 {
+                    None
+                } else {
+                    Some(as_usize(key, v)?)
+                };
             }
-            "per_device_train_batch_size" | "batch_size" => self.per_device_train_batch_size = as_usize(key, v)?,
+            "per_device_train_batch_size" | "batch_size" => {
+                self.per_device_train_batch_size = as_usize(key, v)?
+            }
             "per_device_eval_batch_size" => self.per_device_eval_batch_size = as_usize(key, v)?,
             "gradient_accumulation_steps" => self.gradient_accumulation_steps = as_usize(key, v)?,
             "lr_scheduler_type" => self.lr_scheduler_type = as_string(key, v)?,
-            "lr_scheduler_kwargs" => match v {
-                Value::Object(m) => {
-                    for (k, x) in m {
-                        match k.as_str() {
+            "lr_scheduler_kwargs" => {
+                match v {
+                    Value::Object(m) => {
+                        for (k, x) in m {
+                            match k.as_str() {
                             "min_lr_rate" => self.min_lr_rate = Some(as_f64(k, x)?),
                             "min_lr" => self.min_lr = Some(as_f64(k, x)?),
                             "num_cycles" if as_f64(k, x)? == 0.5 => {}
                             other => bail!("lr_scheduler_kwargs.{other}: not supported (min_lr_rate, min_lr)"),
                         }
+                        }
                     }
+                    Value::Null => {}
+                    Value::String(s) => {
+                        let parsed: Value = serde_json::from_str(s)
+                            .with_context(|| format!("{key}: not a JSON mapping"))?;
+                        return self.set(key, &parsed);
+                    }
+                    _ => bail!("{key}: expected a mapping such as {{min_lr_rate: 0.1}}"),
                 }
-                Value::Null => {}
-                Value::String(s) => {
-                    let parsed: Value = serde_json::from_str(s).with_context(|| format!("{key}: not a JSON mapping"))?;
-                    return self.set(key, &parsed);
-                }
-                _ => bail!("{key}: expected a mapping such as {{min_lr_rate: 0.1}}"),
-            },
+            }
             "min_lr_rate" => self.min_lr_rate = Some(as_f64(key, v)?),
             "warmup_steps" => {
                 let f = as_f64(key, v)?;
-                self.warmup = if f > 0.0 && f < 1.0 { Warmup::Ratio(f) } else { Warmup::Steps(as_usize(key, v)?) };
+                self.warmup = if f > 0.0 && f < 1.0 {
+                    Warmup::Ratio(f)
+                } else {
+                    Warmup::Steps(as_usize(key, v)?)
+                };
             }
             "warmup_ratio" => self.warmup = Warmup::Ratio(as_f64(key, v)?),
             "weight_decay" => self.weight_decay = as_f64(key, v)?,
@@ -321,11 +370,17 @@ impl TrainConfig {
             "layers_to_transform" => {
                 self.layers_to_transform = match v {
                     Value::Null => None,
-                    Value::Array(a) => Some(a.iter().map(|x| as_usize(key, x)).collect::<Result<_>>()?),
+                    Value::Array(a) => {
+                        Some(a.iter().map(|x| as_usize(key, x)).collect::<Result<_>>()?)
+                    }
                     Value::Number(_) => Some(vec![as_usize(key, v)?]),
                     Value::String(s) => Some(
                         s.split(',')
-                            .map(|x| x.trim().parse().with_context(|| format!("{key}: {x:?} is not a layer index")))
+                            .map(|x| {
+                                x.trim()
+                                    .parse()
+                                    .with_context(|| format!("{key}: {x:?} is not a layer index"))
+                            })
                             .collect::<Result<_>>()?,
                     ),
                     _ => bail!("{key}: expected a list of layer indices"),
@@ -355,17 +410,23 @@ impl TrainConfig {
 
     /// Applies a recipe file (YAML; JSON is YAML too). Returns the unknown keys.
     pub fn apply_recipe(&mut self, path: &Path) -> Result<Vec<String>> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read recipe {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read recipe {}", path.display()))?;
         let value: Value = serde_yaml_ng::from_str(&text)
             .with_context(|| format!("{}: not valid YAML", path.display()))?;
         let map = match value {
             Value::Object(m) => m,
             Value::Null => return Ok(Vec::new()),
-            _ => bail!("{}: a recipe is a mapping of keys to values", path.display()),
+            _ => bail!(
+                "{}: a recipe is a mapping of keys to values",
+                path.display()
+            ),
         };
         let mut unknown = Vec::new();
         for (k, v) in &map {
-            let known = self.set(k, v).with_context(|| format!("recipe {}: key `{k}`", path.display()))?;
+            let known = self
+                .set(k, v)
+                .with_context(|| format!("recipe {}: key `{k}`", path.display()))?;
             if !known {
                 unknown.push(k.clone());
             }
@@ -382,12 +443,24 @@ impl TrainConfig {
             bail!("max_steps 0: nothing to train (use -1 to train num_train_epochs)");
         }
         if self.max_steps.is_none() && self.num_train_epochs <= 0.0 {
-            bail!("num_train_epochs {}: must be > 0 when max_steps is not set", self.num_train_epochs);
+            bail!(
+                "num_train_epochs {}: must be > 0 when max_steps is not set",
+                self.num_train_epochs
+            );
         }
         for (k, v) in [
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
-            ("per_device_train_batch_size", self.per_device_train_batch_size),
-            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size,
+            ),
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+            ),
             ("lora_r", self.lora_r),
             ("logging_steps", self.logging_steps),
         ] {
@@ -403,16 +476,25 @@ impl TrainConfig {
             );
         }
         if !["no", "steps", "epoch"].contains(&self.eval_strategy.as_str()) {
-            bail!("eval_strategy {:?}: expected no, steps or epoch", self.eval_strategy);
+            bail!(
+                "eval_strategy {:?}: expected no, steps or epoch",
+                self.eval_strategy
+            );
         }
         if !["no", "steps", "epoch"].contains(&self.save_strategy.as_str()) {
-            bail!("save_strategy {:?}: expected no, steps or epoch", self.save_strategy);
+            bail!(
+                "save_strategy {:?}: expected no, steps or epoch",
+                self.save_strategy
+            );
         }
         if self.save_strategy == "steps" && self.save_steps == 0 {
             bail!("save_steps 0: must be at least 1 (or save_strategy: no)");
         }
         if !(self.max_grad_norm >= 0.0) {
-            bail!("max_grad_norm {}: must be >= 0 (0 turns clipping off)", self.max_grad_norm);
+            bail!(
+                "max_grad_norm {}: must be >= 0 (0 turns clipping off)",
+                self.max_grad_norm
+            );
         }
         if self.lora_alpha <= 0.0 {
             bail!("lora_alpha {}: must be > 0", self.lora_alpha);
@@ -449,7 +531,11 @@ mod tests {
         assert_eq!(c.warmup, Warmup::Ratio(0.03));
         assert_eq!(c.min_lr_rate, Some(0.1));
         assert_eq!(c.lora_target_modules, Some(vec!["all-linear".to_string()]));
-        assert_eq!(c.quant_cfg, QuantCfg::None, "an empty `recipe:` means no quantization, as in ModelOpt");
+        assert_eq!(
+            c.quant_cfg,
+            QuantCfg::None,
+            "an empty `recipe:` means no quantization, as in ModelOpt"
+        );
         assert!(c.eval_on_start);
         assert_eq!(c.no_effect.len(), 2);
     }
@@ -461,13 +547,26 @@ mod tests {
         assert!(e.to_string().contains("learning_rate"), "{e}");
         assert!(c.set("quant_cfg", &Value::from("INT4")).is_err());
         c.set("learning_rate", &Value::from(0.0)).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("learning_rate"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("learning_rate"));
         let mut c = TrainConfig::default();
-        c.set("gradient_accumulation_steps", &Value::from(0)).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("gradient_accumulation_steps 0"));
+        c.set("gradient_accumulation_steps", &Value::from(0))
+            .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gradient_accumulation_steps 0"));
         let mut c = TrainConfig::default();
         c.set("max_steps", &Value::from(0)).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("max_steps 0"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_steps 0"));
         let mut c = TrainConfig::default();
         c.set("max_steps", &Value::from(-1)).unwrap();
         assert_eq!(c.max_steps, None);

@@ -33,9 +33,15 @@ pub fn eval_loss<B: LoraLinearBackend>(
         if n == 0 {
             continue;
         }
-        let loss: f64 = batch_loss(model, &batch, mode, device)?.into_scalar().elem();
+        let loss: f64 = batch_loss(model, &batch, mode, device)?
+            .into_scalar()
+            .elem();
         sum += loss * n as f64;
         count += n;
     }
-    Ok(if count == 0 { f64::NAN } else { sum / count as f64 })
+    Ok(if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    })
 }

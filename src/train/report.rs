@@ -31,17 +31,36 @@ fn series(history: &[Value], key: &str) -> Vec<(f64, f64)> {
 pub fn plot(history: &[Value], path: &Path) -> Result<()> {
     let lines = [
         ("loss", "train loss", RGBColor(31, 119, 180)),
-        ("eval_loss", "eval loss (deployed weights)", RGBColor(214, 39, 40)),
-        ("eval_loss_unquantized", "eval loss (unquantized W + ΔW)", RGBColor(44, 160, 44)),
-        ("eval_loss_quantized", "eval loss (if served as MXFP4)", RGBColor(255, 127, 14)),
+        (
+            "eval_loss",
+            "eval loss (deployed weights)",
+            RGBColor(214, 39, 40),
+        ),
+        (
+            "eval_loss_unquantized",
+            "eval loss (unquantized W + ΔW)",
+            RGBColor(44, 160, 44),
+        ),
+        (
+            "eval_loss_quantized",
+            "eval loss (if served as MXFP4)",
+            RGBColor(255, 127, 14),
+        ),
     ];
-    let data: Vec<_> = lines.iter().map(|(k, l, c)| (series(history, k), *l, *c)).collect();
+    let data: Vec<_> = lines
+        .iter()
+        .map(|(k, l, c)| (series(history, k), *l, *c))
+        .collect();
     let all: Vec<(f64, f64)> = data.iter().flat_map(|d| d.0.iter().copied()).collect();
     if all.is_empty() {
         return Ok(());
     }
-    let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (x0, x1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {}: {e}", path.display());
@@ -67,7 +86,9 @@ pub fn plot(history: &[Value], path: &Path) -> Result<()> {
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 2, color.filled())))
             .map_err(|e| err(&e))?;

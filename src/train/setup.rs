@@ -11,8 +11,8 @@ use super::config::TrainConfig;
 use super::state;
 use super::targets::{self, Module};
 use crate::checkpoint::{resolve_model, Checkpoint};
-use crate::data::{load_encoder, prepare, DataOptions, Prepared, RenderOptions};
 use crate::data::template::parse_date;
+use crate::data::{load_encoder, prepare, DataOptions, Prepared, RenderOptions};
 use crate::model::load::base_dims;
 
 /// A run ready to start.
@@ -43,7 +43,11 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
         .model_name_or_path
         .clone()
         .context("no base model: pass --base (or model_name_or_path in the recipe)")?;
-    let output_dir = PathBuf::from(cfg.output_dir.clone().context("no output directory: pass --output-dir")?);
+    let output_dir = PathBuf::from(
+        cfg.output_dir
+            .clone()
+            .context("no output directory: pass --output-dir")?,
+    );
     if cfg.data.is_empty() {
         bail!("no training data: pass --data (or dataset_name in the recipe)");
     }
@@ -59,7 +63,8 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
                 output_dir.display()
             );
         }
-        std::fs::remove_dir_all(&output_dir).with_context(|| format!("cannot clear {}", output_dir.display()))?;
+        std::fs::remove_dir_all(&output_dir)
+            .with_context(|| format!("cannot clear {}", output_dir.display()))?;
     }
     let dir = resolve_model(&base)?;
     let ckpt = Arc::new(Checkpoint::open(&dir)?);
@@ -68,7 +73,11 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
 
     // data, exactly as `prepare` sees it
     let render = RenderOptions {
-        date: cfg.chat_template_date.as_deref().map(parse_date).transpose()?,
+        date: cfg
+            .chat_template_date
+            .as_deref()
+            .map(parse_date)
+            .transpose()?,
         reasoning_effort: cfg.reasoning_effort.clone(),
         kwargs: cfg.chat_template_kwargs.clone(),
         assistant_only_loss: cfg.assistant_only_loss,
@@ -101,7 +110,12 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
         Some(path) => init_from(&cfg, path, &dims)?,
         None => {
             let modules = targets::select(&cfg, config.num_hidden_layers)?;
-            let ac = targets::adapter_config(&cfg, &modules, config.num_hidden_layers, Some(base.clone()));
+            let ac = targets::adapter_config(
+                &cfg,
+                &modules,
+                config.num_hidden_layers,
+                Some(base.clone()),
+            );
             let a = targets::init_adapter(ac, &modules, &dims, cfg.seed)?;
             (modules, a)
         }
@@ -116,9 +130,13 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
         None => ((cfg.num_train_epochs * steps_per_epoch as f64).ceil() as usize).max(1),
     };
     let pad_id = config.pad_token_id.unwrap_or(0);
-    std::fs::create_dir_all(&output_dir).with_context(|| format!("cannot create {}", output_dir.display()))?;
-    std::fs::write(output_dir.join("training_args.json"), serde_json::to_string_pretty(&cfg)?)
-        .with_context(|| format!("cannot write {}/training_args.json", output_dir.display()))?;
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("cannot create {}", output_dir.display()))?;
+    std::fs::write(
+        output_dir.join("training_args.json"),
+        serde_json::to_string_pretty(&cfg)?,
+    )
+    .with_context(|| format!("cannot write {}/training_args.json", output_dir.display()))?;
     for n in &cfg.no_effect {
         tracing::warn!("accepted, no effect here: {n}");
     }
@@ -139,17 +157,30 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
 
 /// `--init_adapter`: the run trains that adapter; its rank and targets must agree with any given
 /// explicitly, and its shapes with the base.
-fn init_from(cfg: &TrainConfig, path: &str, dims: &adapters::BaseDims) -> Result<(Vec<Module>, adapters::LoraAdapter)> {
-    let a = adapters::LoraAdapter::load(std::path::Path::new(path)).with_context(|| format!("--init_adapter {path}"))?;
-    a.validate(dims).with_context(|| format!("--init_adapter {path} does not fit the base model"))?;
+fn init_from(
+    cfg: &TrainConfig,
+    path: &str,
+    dims: &adapters::BaseDims,
+) -> Result<(Vec<Module>, adapters::LoraAdapter)> {
+    let a = adapters::LoraAdapter::load(std::path::Path::new(path))
+        .with_context(|| format!("--init_adapter {path}"))?;
+    a.validate(dims)
+        .with_context(|| format!("--init_adapter {path} does not fit the base model"))?;
     let r = a.config().r;
     if cfg.explicit.contains("lora_r") && cfg.lora_r != r {
-        bail!("--init_adapter {path} has rank {r}, the run asks for lora_r {}", cfg.lora_r);
+        bail!(
+            "--init_adapter {path} has rank {r}, the run asks for lora_r {}",
+            cfg.lora_r
+        );
     }
-    let mut modules: Vec<Module> = a.attention_modules().map(|(l, p)| Module::Attention(l, p)).collect();
+    let mut modules: Vec<Module> = a
+        .attention_modules()
+        .map(|(l, p)| Module::Attention(l, p))
+        .collect();
     modules.extend(a.expert_modules().map(|(l, p)| Module::Experts(l, p)));
     modules.sort();
-    if cfg.explicit.contains("lora_target_modules") || cfg.explicit.contains("layers_to_transform") {
+    if cfg.explicit.contains("lora_target_modules") || cfg.explicit.contains("layers_to_transform")
+    {
         let wanted = targets::select(cfg, dims.layers)?;
         if wanted != modules {
             bail!(

@@ -48,8 +48,10 @@ impl TrainerState {
 
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not a lora-qat trainer state", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a lora-qat trainer state", path.display()))
     }
 }
 
@@ -79,7 +81,10 @@ pub fn resume_dir(spec: &str, output_dir: &Path) -> Result<PathBuf> {
     if matches!(spec, "latest" | "true" | "True") {
         return match checkpoints(output_dir)?.pop() {
             Some((_, p)) => Ok(p),
-            None => bail!("--resume_from_checkpoint {spec}: {} holds no checkpoint-N", output_dir.display()),
+            None => bail!(
+                "--resume_from_checkpoint {spec}: {} holds no checkpoint-N",
+                output_dir.display()
+            ),
         };
     }
     let p = PathBuf::from(spec);

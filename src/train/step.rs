@@ -32,7 +32,10 @@ pub fn batch_loss<B: LoraLinearBackend>(
 ) -> Result<burn::tensor::Tensor<B, 1>> {
     let ids = model.input_ids(&batch.ids, batch.batch, batch.seq, device)?;
     let positions = PositionIds::from_i64(&batch.positions, batch.batch, batch.seq)?;
-    Ok(model.forward_with_loss_at(ids, &positions, &batch.labels, mode)?.loss.loss)
+    Ok(model
+        .forward_with_loss_at(ids, &positions, &batch.labels, mode)?
+        .loss
+        .loss)
 }
 
 /// Forward and backward over `batches`; `None` batches with no counted token are left out.
@@ -59,7 +62,10 @@ where
         let g = loss.mul_scalar(weight).backward();
         for (name, grad) in model.lora_grads(&g) {
             let Some(grad) = grad else { continue };
-            let host = grad.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
+            let host = grad
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
             match grads.get_mut(&name) {
                 Some(acc) => acc.iter_mut().zip(&host).for_each(|(a, h)| *a += h),
                 None => {

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{bail, Context, Result};
 use adapters::{AdapterConfig, AttnProj, ExpertProj, LoraAdapter};
+use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use regex::Regex;
@@ -65,7 +65,8 @@ fn matches(target: &str, m: Module) -> Result<bool> {
         "self_attn" | "attention" => matches!(m, Module::Attention(..)),
         "experts" | "mlp.experts" | "mlp" => matches!(m, Module::Experts(..)),
         t if t.contains(['*', '(', '|', '\\', '[', '+', '?', '$', '^']) => {
-            let re = Regex::new(&format!("^(?:{t})$")).with_context(|| format!("target {t:?}: bad regex"))?;
+            let re = Regex::new(&format!("^(?:{t})$"))
+                .with_context(|| format!("target {t:?}: bad regex"))?;
             re.is_match(&path)
         }
         t => path == t || path.ends_with(&format!(".{t}")) || m.short() == t,
@@ -81,7 +82,10 @@ pub fn select(cfg: &TrainConfig, layers: usize) -> Result<Vec<Module>> {
     if targets.is_empty() {
         bail!("lora_target_modules is empty: nothing would be trained");
     }
-    let wanted_layers: Option<BTreeSet<usize>> = cfg.layers_to_transform.as_ref().map(|v| v.iter().copied().collect());
+    let wanted_layers: Option<BTreeSet<usize>> = cfg
+        .layers_to_transform
+        .as_ref()
+        .map(|v| v.iter().copied().collect());
     if let Some(ls) = &wanted_layers {
         if let Some(bad) = ls.iter().find(|&&l| l >= layers) {
             bail!("layers_to_transform: layer {bad} does not exist (the base has {layers} layers, 0..{})", layers - 1);
@@ -93,7 +97,10 @@ pub fn select(cfg: &TrainConfig, layers: usize) -> Result<Vec<Module>> {
         for m in all_modules(layers) {
             if matches(t, m)? {
                 hit = true;
-                if wanted_layers.as_ref().is_none_or(|ls| ls.contains(&m.layer())) {
+                if wanted_layers
+                    .as_ref()
+                    .is_none_or(|ls| ls.contains(&m.layer()))
+                {
                     chosen.insert(m);
                 }
             }
@@ -107,7 +114,10 @@ pub fn select(cfg: &TrainConfig, layers: usize) -> Result<Vec<Module>> {
         }
     }
     if chosen.is_empty() {
-        bail!("lora_target_modules {targets:?} with layers_to_transform {:?} select no module", cfg.layers_to_transform);
+        bail!(
+            "lora_target_modules {targets:?} with layers_to_transform {:?} select no module",
+            cfg.layers_to_transform
+        );
     }
     Ok(chosen.into_iter().collect())
 }
@@ -115,15 +125,30 @@ pub fn select(cfg: &TrainConfig, layers: usize) -> Result<Vec<Module>> {
 /// The PEFT config of an adapter over `modules`, as PEFT writes it for gpt-oss: attention through
 /// `target_modules` (short names when every layer has them, else module paths), experts through
 /// `target_parameters` (one path per layer and projection).
-pub fn adapter_config(cfg: &TrainConfig, modules: &[Module], layers: usize, base_id: Option<String>) -> AdapterConfig {
-    let attn: Vec<Module> = modules.iter().copied().filter(|m| matches!(m, Module::Attention(..))).collect();
+pub fn adapter_config(
+    cfg: &TrainConfig,
+    modules: &[Module],
+    layers: usize,
+    base_id: Option<String>,
+) -> AdapterConfig {
+    let attn: Vec<Module> = modules
+        .iter()
+        .copied()
+        .filter(|m| matches!(m, Module::Attention(..)))
+        .collect();
     let mut target_modules = Vec::new();
     for p in AttnProj::ALL {
-        let with: Vec<&Module> = attn.iter().filter(|m| matches!(m, Module::Attention(_, q) if *q == p)).collect();
+        let with: Vec<&Module> = attn
+            .iter()
+            .filter(|m| matches!(m, Module::Attention(_, q) if *q == p))
+            .collect();
         if with.len() == layers {
             target_modules.push(p.name().to_string());
         } else {
-            target_modules.extend(with.iter().map(|m| m.path().trim_start_matches("model.").to_string()));
+            target_modules.extend(
+                with.iter()
+                    .map(|m| m.path().trim_start_matches("model.").to_string()),
+            );
         }
     }
     let target_parameters = modules
@@ -131,7 +156,12 @@ pub fn adapter_config(cfg: &TrainConfig, modules: &[Module], layers: usize, base
         .filter(|m| matches!(m, Module::Experts(..)))
         .map(|m| m.path().trim_start_matches("model.").to_string())
         .collect();
-    let mut c = AdapterConfig::new_gpt_oss(cfg.lora_r, cfg.lora_alpha, target_modules, target_parameters);
+    let mut c = AdapterConfig::new_gpt_oss(
+        cfg.lora_r,
+        cfg.lora_alpha,
+        target_modules,
+        target_parameters,
+    );
     c.use_rslora = cfg.use_rslora;
     c.base_model_name_or_path = base_id;
     c
@@ -139,10 +169,16 @@ pub fn adapter_config(cfg: &TrainConfig, modules: &[Module], layers: usize, base
 
 /// A fresh adapter: `A` uniform in ±1/√in (PEFT's kaiming-uniform with a = √5), `B` zero, so the
 /// first forward equals the base's. Seeded: the same seed gives the same adapter.
-pub fn init_adapter(config: AdapterConfig, modules: &[Module], dims: &adapters::BaseDims, seed: u64) -> Result<LoraAdapter> {
+pub fn init_adapter(
+    config: AdapterConfig,
+    modules: &[Module],
+    dims: &adapters::BaseDims,
+    seed: u64,
+) -> Result<LoraAdapter> {
     let r = config.r;
     let both = |l: usize| {
-        modules.contains(&Module::Experts(l, ExpertProj::GateUp)) && modules.contains(&Module::Experts(l, ExpertProj::Down))
+        modules.contains(&Module::Experts(l, ExpertProj::GateUp))
+            && modules.contains(&Module::Experts(l, ExpertProj::Down))
     };
     let mut tensors = Vec::new();
     for (i, &m) in modules.iter().enumerate() {
@@ -172,7 +208,9 @@ pub fn init_adapter(config: AdapterConfig, modules: &[Module], dims: &adapters::
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(i as u64);
         let bound = 1.0 / (fan_in as f32).sqrt();
-        let a: Vec<f32> = (0..a_shape.iter().product::<usize>()).map(|_| rng.gen_range(-bound..bound)).collect();
+        let a: Vec<f32> = (0..a_shape.iter().product::<usize>())
+            .map(|_| rng.gen_range(-bound..bound))
+            .collect();
         let b = vec![0f32; b_shape.iter().product()];
         tensors.push((key_a, a_shape, a));
         tensors.push((key_b, b_shape, b));
@@ -182,8 +220,19 @@ pub fn init_adapter(config: AdapterConfig, modules: &[Module], dims: &adapters::
 
 /// The coverage table printed before the first step: per layer, which modules are adapted.
 pub fn coverage(modules: &[Module], layers: usize) -> String {
-    let names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"];
-    let mut out = format!("{:<7}{}\n", "layer", names.map(|n| format!("{n:>13}")).concat());
+    let names = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    ];
+    let mut out = format!(
+        "{:<7}{}\n",
+        "layer",
+        names.map(|n| format!("{n:>13}")).concat()
+    );
     for l in 0..layers {
         let row: String = all_modules(layers)
             .into_iter()
@@ -192,7 +241,10 @@ pub fn coverage(modules: &[Module], layers: usize) -> String {
             .collect();
         out.push_str(&format!("{l:<7}{row}\n"));
     }
-    let attn = modules.iter().filter(|m| matches!(m, Module::Attention(..))).count();
+    let attn = modules
+        .iter()
+        .filter(|m| matches!(m, Module::Attention(..)))
+        .count();
     out.push_str(&format!(
         "{} modules adapted: {attn} attention projections, {} expert projections",
         modules.len(),
@@ -218,15 +270,25 @@ mod tests {
         assert_eq!(select(&cfg(None, None), 4).unwrap().len(), 24);
         let m = select(&cfg(Some(&["q_proj", "experts"]), Some(&[1, 3])), 4).unwrap();
         assert_eq!(m.len(), 6);
-        let m = select(&cfg(Some(&["model.layers.2.mlp.experts.down_proj"]), None), 4).unwrap();
+        let m = select(
+            &cfg(Some(&["model.layers.2.mlp.experts.down_proj"]), None),
+            4,
+        )
+        .unwrap();
         assert_eq!(m, vec![Module::Experts(2, ExpertProj::Down)]);
-        let m = select(&cfg(Some(&[r"model\.layers\.[01]\.self_attn\.(q|v)_proj"]), None), 4).unwrap();
+        let m = select(
+            &cfg(Some(&[r"model\.layers\.[01]\.self_attn\.(q|v)_proj"]), None),
+            4,
+        )
+        .unwrap();
         assert_eq!(m.len(), 4);
     }
 
     #[test]
     fn targets_that_match_nothing_are_errors() {
-        let e = select(&cfg(Some(&["q_proj", "router"]), None), 4).unwrap_err().to_string();
+        let e = select(&cfg(Some(&["q_proj", "router"]), None), 4)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"router\" matches no module"), "{e}");
         let e = select(&cfg(None, Some(&[7])), 4).unwrap_err().to_string();
         assert!(e.contains("layer 7 does not exist"), "{e}");

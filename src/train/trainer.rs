@@ -49,7 +49,9 @@ fn params_of(adapter: &adapters::LoraAdapter) -> Params {
 }
 
 fn adapter_of(config: &adapters::AdapterConfig, params: &Params) -> Result<adapters::LoraAdapter> {
-    let parts = params.iter().map(|(k, (s, d))| (k.clone(), s.clone(), d.clone()));
+    let parts = params
+        .iter()
+        .map(|(k, (s, d))| (k.clone(), s.clone(), d.clone()));
     adapters::LoraAdapter::from_parts(config.clone(), parts).context("rebuilding the adapter")
 }
 
@@ -84,7 +86,8 @@ where
     };
     let (mut params, mut adamw, mut st) = match &resume {
         Some(dir) => {
-            let a = adapters::LoraAdapter::load(dir).with_context(|| format!("resuming from {}", dir.display()))?;
+            let a = adapters::LoraAdapter::load(dir)
+                .with_context(|| format!("resuming from {}", dir.display()))?;
             let opt = AdamW::load(&dir.join(OPTIMIZER_FILE), opt_cfg)?;
             let st = TrainerState::load(&dir.join(STATE_FILE))?;
             tracing::info!("resuming from {} (step {})", dir.display(), st.global_step);
@@ -133,7 +136,9 @@ where
     );
 
     let evaluate = |model: &GptOssForCausalLM<B>, st: &mut TrainerState| -> Result<()> {
-        let Some(eval) = &data.eval else { return Ok(()) };
+        let Some(eval) = &data.eval else {
+            return Ok(());
+        };
         let m = model.valid();
         let bs = cfg.per_device_eval_batch_size;
         let deployed = eval_loss(&m, eval, bs, pad_id, quant, device)?;
@@ -147,7 +152,10 @@ where
             _ => ("eval_loss", "eval_loss_quantized"),
         };
         let entry = json!({"step": st.global_step, "epoch": st.epoch, k1: deployed, k2: other});
-        tracing::info!("step {}: {k1} {deployed:.5}, {k2} {other:.5}", st.global_step);
+        tracing::info!(
+            "step {}: {k1} {deployed:.5}, {k2} {other:.5}",
+            st.global_step
+        );
         report::append_log(&output_dir, &entry)?;
         st.log_history.push(entry);
         Ok(())
@@ -169,8 +177,10 @@ where
 
     let bar = ProgressBar::new(total_steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(st.global_step as u64);
     let (mut window_loss, mut window_steps) = (0f64, 0usize);
@@ -190,7 +200,10 @@ where
             st.num_input_tokens_seen += seqs.iter().map(|s| s.input_ids.len()).sum::<usize>();
             if b.counted() == 0 {
                 st.skipped_batches += 1;
-                tracing::warn!("a micro-batch with no trained token was skipped ({} so far)", st.skipped_batches);
+                tracing::warn!(
+                    "a micro-batch with no trained token was skipped ({} so far)",
+                    st.skipped_batches
+                );
                 continue;
             }
             batches.push(b);
@@ -201,10 +214,17 @@ where
         let lr = schedule.lr_at(step);
         let names: Vec<String> = params.keys().cloned().collect();
         for n in &names {
-            g.grads.entry(n.clone()).or_insert_with(|| vec![0.0; params[n].1.len()]);
+            g.grads
+                .entry(n.clone())
+                .or_insert_with(|| vec![0.0; params[n].1.len()]);
         }
         if g.grads.len() != params.len() {
-            bail!("step {}: gradients for {} tensors, the adapter has {}", step + 1, g.grads.len(), params.len());
+            bail!(
+                "step {}: gradients for {} tensors, the adapter has {}",
+                step + 1,
+                g.grads.len(),
+                params.len()
+            );
         }
         let grad_norm = {
             // both maps are sorted by name: the views line up with `names`
@@ -220,13 +240,26 @@ where
             bail!(
                 "step {}: non-finite {} ({}); training stopped. The last good checkpoint is {}",
                 step + 1,
-                if g.loss.is_finite() { "gradient norm" } else { "loss" },
-                if g.loss.is_finite() { grad_norm as f64 } else { g.loss },
-                last.map_or("none (no checkpoint was saved yet)".into(), |(_, p)| p.display().to_string())
+                if g.loss.is_finite() {
+                    "gradient norm"
+                } else {
+                    "loss"
+                },
+                if g.loss.is_finite() {
+                    grad_norm as f64
+                } else {
+                    g.loss
+                },
+                last.map_or("none (no checkpoint was saved yet)".into(), |(_, p)| p
+                    .display()
+                    .to_string())
             );
         }
         {
-            let mut views: Vec<(&str, &mut [f32])> = params.iter_mut().map(|(k, (_, v))| (k.as_str(), v.as_mut_slice())).collect();
+            let mut views: Vec<(&str, &mut [f32])> = params
+                .iter_mut()
+                .map(|(k, (_, v))| (k.as_str(), v.as_mut_slice()))
+                .collect();
             let grads: Vec<&[f32]> = names.iter().map(|n| g.grads[n].as_slice()).collect();
             adamw.step(lr, &mut views, &grads)?;
         }
@@ -238,7 +271,10 @@ where
         window_loss += g.loss;
         window_steps += 1;
         bar.set_position(st.global_step as u64);
-        bar.set_message(format!("loss {:.4} lr {lr:.2e} grad_norm {grad_norm:.3}", g.loss));
+        bar.set_message(format!(
+            "loss {:.4} lr {lr:.2e} grad_norm {grad_norm:.3}",
+            g.loss
+        ));
 
         if st.global_step % cfg.logging_steps == 0 || st.global_step == total_steps {
             let secs = window_start.elapsed().as_secs_f64();
@@ -262,10 +298,20 @@ where
         }
         interrupted = INTERRUPTED.load(Ordering::SeqCst) && st.global_step < total_steps;
         if (save_every > 0 && st.global_step % save_every == 0) || interrupted {
-            save_checkpoint(&output_dir, &adapter_config, &params, &adamw, &st, cfg.save_total_limit)?;
+            save_checkpoint(
+                &output_dir,
+                &adapter_config,
+                &params,
+                &adamw,
+                &st,
+                cfg.save_total_limit,
+            )?;
         }
         if interrupted {
-            tracing::warn!("interrupted: checkpoint-{} saved; resume with --resume_from_checkpoint latest", st.global_step);
+            tracing::warn!(
+                "interrupted: checkpoint-{} saved; resume with --resume_from_checkpoint latest",
+                st.global_step
+            );
             break;
         }
     }
@@ -273,7 +319,15 @@ where
     if eval_every == 0 && data.eval.is_some() && !interrupted {
         evaluate(&model, &mut st)?;
     }
-    finish(&output_dir, &cfg, &adapter_config, &params, &st, &coverage, interrupted)?;
+    finish(
+        &output_dir,
+        &cfg,
+        &adapter_config,
+        &params,
+        &st,
+        &coverage,
+        interrupted,
+    )?;
     Ok(Outcome {
         state: st,
         output_dir,
@@ -302,7 +356,8 @@ fn save_checkpoint(
     if target.exists() {
         std::fs::remove_dir_all(&target)?;
     }
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
+    std::fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
     tracing::info!("saved {}", target.display());
     state::prune(dir, limit)
 }
@@ -324,14 +379,23 @@ fn finish(
         }
         adapter_of(config, params)?.save(&tmp, false)?;
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
-            std::fs::rename(tmp.join(f), dir.join(f)).with_context(|| format!("cannot move {f} into {}", dir.display()))?;
+            std::fs::rename(tmp.join(f), dir.join(f))
+                .with_context(|| format!("cannot move {f} into {}", dir.display()))?;
         }
         std::fs::remove_dir_all(&tmp)?;
     }
     st.save(&dir.join(STATE_FILE))?;
     report::plot(&st.log_history, &dir.join("loss.svg"))?;
-    let last_eval = st.log_history.iter().rev().find(|e| e.get("eval_loss").is_some());
-    let last_train = st.log_history.iter().rev().find(|e| e.get("loss").is_some());
+    let last_eval = st
+        .log_history
+        .iter()
+        .rev()
+        .find(|e| e.get("eval_loss").is_some());
+    let last_train = st
+        .log_history
+        .iter()
+        .rev()
+        .find(|e| e.get("loss").is_some());
     let mut last = last_eval.cloned().unwrap_or_default();
     if let (Some(obj), Some(t)) = (last.as_object_mut(), last_train.and_then(|t| t.get("loss"))) {
         obj.insert("loss".into(), t.clone());
@@ -343,6 +407,7 @@ fn finish(
         &serde_json::to_value(cfg)?,
         Some(&last),
     );
-    std::fs::write(dir.join("README.md"), card).with_context(|| format!("cannot write {}/README.md", dir.display()))?;
+    std::fs::write(dir.join("README.md"), card)
+        .with_context(|| format!("cannot write {}/README.md", dir.display()))?;
     Ok(())
 }
