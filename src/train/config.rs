@@ -541,6 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_recipes_have_no_unknown_key() {
+        for name in ["sft_lora.yaml", "quickstart.yaml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+            let mut c = TrainConfig::default();
+            let unknown = c.apply_recipe(&path).unwrap();
+            assert!(unknown.is_empty() && c.no_effect.is_empty(), "{name}: {unknown:?} {:?}", c.no_effect);
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let mut c = TrainConfig::default();
         let e = c.set("learning_rate", &Value::from("fast")).unwrap_err();
