@@ -130,6 +130,27 @@ fn fixture_output_equals_golden() {
 }
 
 #[test]
+fn prepared_output_reads_back_as_pre_tokenized_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    ok(&prepare(&train_jsonl(), &first, &[]));
+    ok(&prepare(&first, &second, &[]));
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
+    // pre-tokenized rows need no tokenizer; ids are still checked against the vocabulary
+    let data = dir.path().join("ids.jsonl");
+    std::fs::write(
+        &data,
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 99999]}\n",
+    )
+    .unwrap();
+    let e = err(&prepare(&data, &dir.path().join("c.jsonl"), &[]));
+    assert!(e.contains("ids.jsonl:2") && e.contains("99999"), "{e}");
+}
+
+#[test]
 fn packing_keeps_every_example_whole() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("packed.jsonl");

@@ -46,7 +46,8 @@ pub type Tokens = (Vec<u32>, Vec<(usize, usize)>);
 pub struct Encoder {
     /// The chat template (needed for conversation rows).
     pub template: Option<ChatTemplate>,
-    tokenizer: Tokenizer,
+    /// The checkpoint's tokenizer, or why there is none (pre-tokenized data needs none).
+    tokenizer: Result<Tokenizer, String>,
     fast: Option<FastBpe>,
     /// Template variables from flags.
     pub vars: TemplateVars,
@@ -92,7 +93,7 @@ impl Encoder {
         };
         Ok(Self {
             template,
-            tokenizer,
+            tokenizer: Ok(tokenizer),
             fast,
             vars,
             assistant_only_loss,
@@ -120,6 +121,8 @@ impl Encoder {
     pub fn tokenize_reference(&self, text: &str) -> Result<Tokens, String> {
         let enc = self
             .tokenizer
+            .as_ref()
+            .map_err(Clone::clone)?
             .encode(text, false)
             .map_err(|e| format!("tokenizer failed: {e}"))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
@@ -192,6 +195,19 @@ impl Encoder {
             Row::TextCompletion { prompt, completion } => {
                 let text = format!("{prompt}{completion}{}", self.eos_suffix(completion));
                 self.completion(prompt, text)
+            }
+            Row::Tokenized { ids, trained } => {
+                self.check_vocab(ids)?;
+                let encoded = Encoded {
+                    ids: ids.clone(),
+                    trained: trained.clone(),
+                };
+                let text = format!("{ids:?}");
+                Ok(Shown {
+                    text,
+                    trained_spans: Vec::new(),
+                    encoded,
+                })
             }
             Row::Text(t) => {
                 let text = format!("{t}{}", self.eos_suffix(t));

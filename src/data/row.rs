@@ -28,6 +28,9 @@ pub enum Row {
     TextCompletion { prompt: String, completion: String },
     /// Plain text: every token (+ EOS) is trained.
     Text(String),
+    /// Already tokenized (`input_ids`, optional `labels`, as `prepare` writes them): trained where
+    /// the label is not -100 (every token without labels).
+    Tokenized { ids: Vec<u32>, trained: Vec<bool> },
 }
 
 /// Classifies a row; the error says what is missing or malformed (the caller adds file and line).
@@ -51,6 +54,9 @@ pub fn classify(row: &Value) -> Result<Row, String> {
             })
             .collect()
     };
+    if let Some(ids) = get("input_ids") {
+        return tokenized(&ids, get("labels").as_ref(), get("position_ids").as_ref());
+    }
     if let Some(messages) = get("messages") {
         check_messages(&messages, "messages")?;
         return Ok(Row::Messages {
@@ -103,6 +109,79 @@ pub fn classify(row: &Value) -> Result<Row, String> {
             keys.join(", ")
         }
     ))
+}
+
+/// A list of integers.
+fn ints(v: &Value, field: &str) -> Result<Vec<i64>, String> {
+    if v.kind() != ValueKind::Seq {
+        return Err(format!(
+            "`{field}` must be a list of integers, got {}",
+            v.kind()
+        ));
+    }
+    v.try_iter()
+        .map_err(|e| e.to_string())?
+        .enumerate()
+        .map(|(i, x)| {
+            x.as_i64()
+                .filter(|_| x.is_integer())
+                .ok_or_else(|| format!("`{field}[{i}]` is not an integer: {x}"))
+        })
+        .collect()
+}
+
+/// A pre-tokenized row: one example (`position_ids`, if given, must be 0, 1, 2, ...).
+fn tokenized(
+    ids: &Value,
+    labels: Option<&Value>,
+    positions: Option<&Value>,
+) -> Result<Row, String> {
+    let ids = ints(ids, "input_ids")?;
+    if ids.is_empty() {
+        return Err("`input_ids` is empty".into());
+    }
+    let ids: Vec<u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            u32::try_from(x).map_err(|_| format!("`input_ids[{i}]` = {x} is not a token id"))
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some(p) = positions {
+        let p = ints(p, "position_ids")?;
+        if p.len() != ids.len() || p.iter().enumerate().any(|(i, &x)| x != i as i64) {
+            return Err(
+                "`position_ids` restart inside the row: a packed row cannot be read back; \
+                        give the unpacked examples and --packing"
+                    .into(),
+            );
+        }
+    }
+    let trained = match labels {
+        None => vec![true; ids.len()],
+        Some(l) => {
+            let l = ints(l, "labels")?;
+            if l.len() != ids.len() {
+                return Err(format!(
+                    "`labels` has {} values, `input_ids` {}",
+                    l.len(),
+                    ids.len()
+                ));
+            }
+            l.iter()
+                .zip(&ids)
+                .enumerate()
+                .map(|(i, (&lab, &id))| match lab {
+                    crate::model::IGNORE_INDEX => Ok(false),
+                    x if x == id as i64 => Ok(true),
+                    x => Err(format!(
+                        "`labels[{i}]` = {x}: a label is its token id or -100"
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Ok(Row::Tokenized { ids, trained })
 }
 
 /// The messages with their null-valued keys removed, as transformers passes them to the template
@@ -196,6 +275,15 @@ mod tests {
             Ok(Row::ChatCompletion { .. })
         ));
         assert!(matches!(row(r#"{"text": "abc"}"#), Ok(Row::Text(_))));
+        match row(r#"{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "position_ids": [0, 1, 2]}"#)
+            .unwrap()
+        {
+            Row::Tokenized { ids, trained } => {
+                assert_eq!(ids, vec![5, 6, 7]);
+                assert_eq!(trained, vec![false, true, true]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -220,6 +308,20 @@ mod tests {
                 "must both be strings",
             ),
             (r#"{"text": 5}"#, "`text` must be a string"),
+            (r#"{"input_ids": [1, -2]}"#, "`input_ids[1]` = -2"),
+            (
+                r#"{"input_ids": [1, 2], "labels": [1, 5]}"#,
+                "`labels[1]` = 5",
+            ),
+            (
+                r#"{"input_ids": [1, 2], "labels": [1]}"#,
+                "`labels` has 1 values",
+            ),
+            (
+                r#"{"input_ids": [1, 2], "position_ids": [0, 0]}"#,
+                "restart inside the row",
+            ),
+            (r#"{"input_ids": [1.5]}"#, "not an integer"),
         ] {
             let err = row(json).unwrap_err();
             assert!(err.contains(want), "{json}: {err}");
