@@ -28,7 +28,7 @@ pub enum Command {
     /// What training would see: rendered, tokenized, masked (and packed) sequences as JSON lines.
     Prepare(prepare::PrepareArgs),
     /// LoRA-QAT fine-tuning: writes checkpoints, logs, the PEFT adapter and its model card.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
 }
 
 impl Cli {

@@ -3,13 +3,13 @@
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use kernels::ops::LoraLinearBackend;
+use kernels::ops::{default_chunk_rows, ChunkedCeBackend, LoraLinearBackend};
 
 use super::embedding::{Embedding, LmHead};
 use super::expert_lora::ExpertLora;
 use super::layer::DecoderLayer;
 use super::lora::LoraPair;
-use super::loss::{causal_lm_loss, LossOutput};
+use super::loss::{causal_lm_loss, counted_rows_loss, counted_targets, LossOutput};
 use super::mode::ForwardMode;
 use super::positions::PositionIds;
 use super::rms_norm::RmsNorm;
@@ -191,6 +191,17 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         positions: &PositionIds,
         mode: ForwardMode,
     ) -> anyhow::Result<Tensor<B, 3>> {
+        Ok(self.lm_head.forward(self.hidden_at(ids, positions, mode)?))
+    }
+
+    /// `ids [batch, seq] -> [batch, seq, hidden]`: the decoder's output after the final norm (what
+    /// `lm_head` multiplies; transformers' `last_hidden_state`), at the given position ids.
+    pub fn hidden_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        mode: ForwardMode,
+    ) -> anyhow::Result<Tensor<B, 3>> {
         let [batch, seq] = ids.dims();
         anyhow::ensure!(
             [positions.batch(), positions.seq()] == [batch, seq],
@@ -205,7 +216,7 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         for layer in &m.layers {
             x = layer.forward(x, &rope, positions, mode)?;
         }
-        Ok(self.lm_head.forward(m.norm.forward(x)))
+        Ok(m.norm.forward(x))
     }
 
     /// Logits and the mean causal-LM loss against `labels` (`[batch · seq]` row-major, -100 ignored,
@@ -233,5 +244,41 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         let logits = self.forward_at(ids, positions, mode)?;
         let loss = causal_lm_loss(logits.clone(), labels)?;
         Ok(CausalLmOutput { logits, loss })
+    }
+}
+
+impl<B: LoraLinearBackend + ChunkedCeBackend> GptOssForCausalLM<B> {
+    /// The mean causal-LM loss of [`forward_with_loss_at`](Self::forward_with_loss_at) (same
+    /// labels, shift and -100 rule) without the logits: the final hidden rows that are counted
+    /// are gathered and go through the frozen `lm_head` in chunks of
+    /// [`default_chunk_rows`] (≤ 64 MiB of logits at a time, none kept for backward). This is the
+    /// training loss; use [`forward_with_loss_at`](Self::forward_with_loss_at) when the logits
+    /// themselves are wanted.
+    pub fn loss_at(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        labels: &[i64],
+        mode: ForwardMode,
+    ) -> anyhow::Result<LossOutput<B>> {
+        let chunk = default_chunk_rows(self.vocab_size());
+        self.loss_at_chunked(ids, positions, labels, mode, chunk)
+    }
+
+    /// [`loss_at`](Self::loss_at) with `chunk` rows of logits at a time (`>= 1`).
+    pub fn loss_at_chunked(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        labels: &[i64],
+        mode: ForwardMode,
+        chunk: usize,
+    ) -> anyhow::Result<LossOutput<B>> {
+        let [batch, seq] = ids.dims();
+        // labels and chunk are checked before the decoder runs
+        anyhow::ensure!(chunk >= 1, "the chunk size must be at least 1 row");
+        let (rows, targets) = counted_targets(labels, batch, seq, self.vocab_size())?;
+        let hidden = self.hidden_at(ids, positions, mode)?;
+        counted_rows_loss(hidden, self.lm_head.weight.val(), rows, &targets, chunk)
     }
 }

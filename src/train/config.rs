@@ -490,7 +490,7 @@ impl TrainConfig {
         if self.save_strategy == "steps" && self.save_steps == 0 {
             bail!("save_steps 0: must be at least 1 (or save_strategy: no)");
         }
-        if !(self.max_grad_norm >= 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
             bail!(
                 "max_grad_norm {}: must be >= 0 (0 turns clipping off)",
                 self.max_grad_norm
@@ -543,10 +543,16 @@ mod tests {
     #[test]
     fn shipped_recipes_have_no_unknown_key() {
         for name in ["sft_lora.yaml", "quickstart.yaml"] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("configs")
+                .join(name);
             let mut c = TrainConfig::default();
             let unknown = c.apply_recipe(&path).unwrap();
-            assert!(unknown.is_empty() && c.no_effect.is_empty(), "{name}: {unknown:?} {:?}", c.no_effect);
+            assert!(
+                unknown.is_empty() && c.no_effect.is_empty(),
+                "{name}: {unknown:?} {:?}",
+                c.no_effect
+            );
             c.validate().unwrap();
         }
     }

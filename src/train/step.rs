@@ -23,7 +23,8 @@ pub struct StepGrads {
     pub counted: usize,
 }
 
-/// Loss of one micro-batch (mean over its counted tokens), as a differentiable scalar.
+/// Loss of one micro-batch (mean over its counted tokens), as a differentiable scalar; the
+/// cross-entropy runs in chunks of rows over the vocabulary (no full-sequence logits).
 pub fn batch_loss<B: LoraLinearBackend>(
     model: &GptOssForCausalLM<B>,
     batch: &Batch,

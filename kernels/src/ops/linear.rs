@@ -12,7 +12,9 @@ use crate::mxfp4::CodecError;
 
 /// A backend that runs the LoRA-QAT linear `x · Q(W + s·B·A)ᵀ` (no bias) as one op, and its
 /// grouped all-experts form ([`GroupedLoraLinearBackend`](super::GroupedLoraLinearBackend)).
-pub trait LoraLinearBackend: super::grouped::GroupedLoraLinearBackend {
+pub trait LoraLinearBackend:
+    super::grouped::GroupedLoraLinearBackend + super::chunked_ce::ChunkedCeBackend
+{
     /// `x [n, in] -> [n, out]` with `Wq = Q(W + s·B·A)`; shapes are already checked.
     ///
     /// Under autodiff the backward is straight-through and never forms an `[out, in]` gradient:

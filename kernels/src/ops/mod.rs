@@ -1,8 +1,11 @@
 //! burn custom ops: the LoRA-QAT linear `y = x · Q(W + s·B·A)ᵀ + bias` with exact
 //! straight-through gradients (DESIGN §2.4, §2.5), its plain-tensor reference, and the weight
-//! types it takes (dense or packed MXFP4 base, LoRA factors, quantizer).
+//! types it takes (dense or packed MXFP4 base, LoRA factors, quantizer); and the chunked
+//! cross-entropy through a frozen output head, which never forms the `[N, vocab]` logits.
 
 mod autodiff;
+mod chunked_ce;
+mod chunked_ce_autodiff;
 mod grouped;
 mod grouped_autodiff;
 mod linear;
@@ -11,6 +14,10 @@ mod quant;
 mod reference;
 mod weight;
 
+pub use chunked_ce::{
+    chunked_cross_entropy, chunked_forward, cross_entropy_reference, default_chunk_rows,
+    ChunkedCeBackend, CrossEntropyError, RowStats, DEFAULT_CHUNK_LOGITS,
+};
 pub use grouped::{
     grouped_forward, grouped_lora_linear, grouped_lora_linear_frozen_bias, GroupedLora,
     GroupedLoraLinearBackend,
