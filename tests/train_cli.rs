@@ -175,6 +175,35 @@ fn qat_lowers_the_eval_loss_and_resumes_exactly() {
     );
 }
 
+#[test]
+fn ctrl_c_saves_and_resume_finishes_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, stopped) = (dir.path().join("full"), dir.path().join("stopped"));
+    ok(&run(&args(&full, 30, &["--save-steps", "100"])));
+    let mut child = bin().args(args(&stopped, 30, &["--save-steps", "100"])).spawn().unwrap();
+    // interrupt once training has started (the log gets its first entry at step 10)
+    let t0 = std::time::Instant::now();
+    while !stopped.join("train_log.jsonl").is_file() && t0.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C exits cleanly");
+    let saved: Vec<_> = std::fs::read_dir(&stopped)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "one checkpoint saved at the interruption: {saved:?}");
+    assert!(!stopped.join("adapter_model.safetensors").exists(), "no final adapter for an interrupted run");
+    ok(&run(&args(&stopped, 30, &["--save-steps", "100", "--resume-from-checkpoint", "latest"])));
+    assert_eq!(
+        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(stopped.join("adapter_model.safetensors")).unwrap()
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
