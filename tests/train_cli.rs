@@ -180,14 +180,21 @@ fn ctrl_c_saves_and_resume_finishes_the_same_run() {
     let dir = tempfile::tempdir().unwrap();
     let (full, stopped) = (dir.path().join("full"), dir.path().join("stopped"));
     ok(&run(&args(&full, 30, &["--save-steps", "100"])));
-    let mut child = bin().args(args(&stopped, 30, &["--save-steps", "100"])).spawn().unwrap();
+    let mut child = bin()
+        .args(args(&stopped, 30, &["--save-steps", "100"]))
+        .spawn()
+        .unwrap();
     // interrupt once training has started (the log gets its first entry at step 10)
     let t0 = std::time::Instant::now();
     while !stopped.join("train_log.jsonl").is_file() && t0.elapsed().as_secs() < 300 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     assert!(status.success(), "Ctrl-C exits cleanly");
     let saved: Vec<_> = std::fs::read_dir(&stopped)
@@ -195,9 +202,20 @@ fn ctrl_c_saves_and_resume_finishes_the_same_run() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with("checkpoint-"))
         .collect();
-    assert_eq!(saved.len(), 1, "one checkpoint saved at the interruption: {saved:?}");
-    assert!(!stopped.join("adapter_model.safetensors").exists(), "no final adapter for an interrupted run");
-    ok(&run(&args(&stopped, 30, &["--save-steps", "100", "--resume-from-checkpoint", "latest"])));
+    assert_eq!(
+        saved.len(),
+        1,
+        "one checkpoint saved at the interruption: {saved:?}"
+    );
+    assert!(
+        !stopped.join("adapter_model.safetensors").exists(),
+        "no final adapter for an interrupted run"
+    );
+    ok(&run(&args(
+        &stopped,
+        30,
+        &["--save-steps", "100", "--resume-from-checkpoint", "latest"],
+    )));
     assert_eq!(
         std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(stopped.join("adapter_model.safetensors")).unwrap()
@@ -449,6 +467,26 @@ fn bad_configurations_are_refused_before_the_first_step() {
         ],
     )));
     assert!(e.contains("has rank 4, the run asks for lora_r 8"), "{e}");
+    // a diverging run stops at the first non-finite value, naming the step and the last good checkpoint
+    let diverged = dir.path().join("diverged");
+    let e = err(&run(&args(
+        &diverged,
+        5,
+        &[
+            "--learning-rate",
+            "1e30",
+            "--max-grad-norm",
+            "0",
+            "--save-steps",
+            "1",
+        ],
+    )));
+    assert!(
+        e.contains("step 2: training stopped; the last good checkpoint is")
+            && e.contains("checkpoint-1"),
+        "{e}"
+    );
+    assert!(e.contains("NaN") || e.contains("non-finite"), "{e}");
     // a finished run is not overwritten; unknown recipe keys are reported
     ok(&run(&args(&out, 2, &[])));
     let e = err(&run(&args(&out, 2, &[])));

@@ -209,8 +209,22 @@ where
             batches.push(b);
         }
         let step = st.global_step;
-        let mut g = step_grads(&model, &batches, mode, device)
-            .with_context(|| format!("step {}", step + 1))?;
+        let last_good = || -> String {
+            match state::checkpoints(&output_dir)
+                .ok()
+                .and_then(|mut c| c.pop())
+            {
+                Some((_, p)) => p.display().to_string(),
+                None => "none (no checkpoint was saved yet)".into(),
+            }
+        };
+        let mut g = step_grads(&model, &batches, mode, device).with_context(|| {
+            format!(
+                "step {}: training stopped; the last good checkpoint is {}",
+                step + 1,
+                last_good()
+            )
+        })?;
         let lr = schedule.lr_at(step);
         let names: Vec<String> = params.keys().cloned().collect();
         for n in &names {
@@ -262,6 +276,17 @@ where
                 .collect();
             let grads: Vec<&[f32]> = names.iter().map(|n| g.grads[n].as_slice()).collect();
             adamw.step(lr, &mut views, &grads)?;
+        }
+        if let Some((name, _)) = params
+            .iter()
+            .find(|(_, (_, v))| v.iter().any(|x| !x.is_finite()))
+        {
+            bail!(
+                "step {}: the update made {name} non-finite (learning rate {lr}); training stopped. \
+                 The last good checkpoint is {}",
+                step + 1,
+                last_good()
+            );
         }
         model = model.with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
         st.global_step += 1;
