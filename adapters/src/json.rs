@@ -90,6 +90,13 @@ pub fn python_float_repr(f: f64) -> String {
 }
 
 fn write_string(out: &mut String, s: &str) {
+    write_json_string(out, s, true);
+}
+
+/// A JSON string as Python's `json.dumps` writes it: `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`
+/// escaped, other control characters as `\u00XX`, and with `ensure_ascii` every non-ASCII
+/// character as `\uXXXX` (UTF-16 units) — without it, kept as is.
+pub fn write_json_string(out: &mut String, s: &str, ensure_ascii: bool) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -100,7 +107,7 @@ fn write_string(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+            c if (c as u32) < 0x20 || (ensure_ascii && (c as u32) > 0x7e) => {
                 let mut buf = [0u16; 2];
                 for unit in c.encode_utf16(&mut buf) {
                     out.push_str(&format!("\\u{unit:04x}"));

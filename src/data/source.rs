@@ -138,6 +138,40 @@ pub fn read_rows(
     }
 }
 
+/// Collects rows into batches for the sink.
+struct Batcher<'a> {
+    rows: Vec<RawRow>,
+    batch: usize,
+    sink: &'a mut dyn FnMut(Vec<RawRow>, u64) -> Result<bool>,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(batch: usize, sink: &'a mut dyn FnMut(Vec<RawRow>, u64) -> Result<bool>) -> Self {
+        Self {
+            rows: Vec::with_capacity(batch),
+            batch,
+            sink,
+        }
+    }
+
+    /// Adds a row; `false` when the sink asked to stop.
+    fn push(&mut self, row: RawRow, bytes: u64) -> Result<bool> {
+        self.rows.push(row);
+        if self.rows.len() < self.batch {
+            return Ok(true);
+        }
+        (self.sink)(std::mem::take(&mut self.rows), bytes)
+    }
+
+    /// Hands over the last, partial batch.
+    fn finish(self, bytes: u64) -> Result<()> {
+        if !self.rows.is_empty() {
+            (self.sink)(self.rows, bytes)?;
+        }
+        Ok(())
+    }
+}
+
 fn read_jsonl(
     path: &Path,
     batch: usize,
@@ -147,7 +181,7 @@ fn read_jsonl(
     let mut reader = BufReader::with_capacity(1 << 20, f);
     let mut line = Vec::new();
     let (mut line_no, mut bytes) = (0usize, 0u64);
-    let mut rows = Vec::with_capacity(batch);
+    let mut rows = Batcher::new(batch, sink);
     loop {
         line.clear();
         let n = reader
@@ -164,15 +198,11 @@ fn read_jsonl(
             Ok(t) => RawContent::Json(t.trim().to_string()),
             Err(e) => RawContent::Error(format!("not UTF-8 ({e})")),
         };
-        rows.push(RawRow { location, content });
-        if rows.len() == batch && !sink(std::mem::take(&mut rows), bytes)? {
+        if !rows.push(RawRow { location, content }, bytes)? {
             return Ok(());
         }
     }
-    if !rows.is_empty() {
-        sink(rows, bytes)?;
-    }
-    Ok(())
+    rows.finish(bytes)
 }
 
 /// The top-level columns of a Parquet file must name a row kind.
@@ -207,7 +237,7 @@ fn read_parquet(
     check_columns(path, &names)?;
     let mut row_no = 0usize;
     let mut bytes = 0u64;
-    let mut rows = Vec::with_capacity(batch);
+    let mut rows = Batcher::new(batch, sink);
     for g in 0..meta.num_row_groups() {
         bytes += meta.row_group(g).compressed_size() as u64;
         let group = reader
@@ -223,16 +253,12 @@ fn read_parquet(
                 Ok(r) => RawContent::Value(value::from_parquet_row(&r)),
                 Err(e) => RawContent::Error(format!("unreadable Parquet row: {e}")),
             };
-            rows.push(RawRow { location, content });
-            if rows.len() == batch && !sink(std::mem::take(&mut rows), bytes)? {
+            if !rows.push(RawRow { location, content }, bytes)? {
                 return Ok(());
             }
         }
     }
-    if !rows.is_empty() {
-        sink(rows, bytes)?;
-    }
-    Ok(())
+    rows.finish(bytes)
 }
 
 /// Total bytes of the files (for the progress bar).
