@@ -109,6 +109,9 @@ fn binary_resolves_through_hf_hub_cache() {
             .args(["inspect", spec, "--no-scan"])
             .env("HF_HUB_CACHE", cache.path())
             .env_remove("HF_HOME")
+            .env_remove("HF_HUB_OFFLINE")
+            // a closed local port: the download is tried and fails at once, never the real hub
+            .env("HF_ENDPOINT", "http://127.0.0.1:1")
             .output()
             .unwrap()
     };
@@ -122,9 +125,18 @@ fn binary_resolves_through_hf_hub_cache() {
     assert!(stdout.contains(COMMIT), "{stdout}");
     assert!(stdout.contains("validation:"), "{stdout}");
 
+    let t0 = std::time::Instant::now();
     let missing = run("openai/gpt-oss-20b");
     assert!(!missing.status.success());
+    assert!(
+        t0.elapsed().as_secs() < 5,
+        "an unreachable hub fails in seconds"
+    );
     let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("downloading failed: cannot reach http://127.0.0.1:1"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("hf download openai/gpt-oss-20b"),
         "{stderr}"
@@ -133,4 +145,27 @@ fn binary_resolves_through_hf_hub_cache() {
         stderr.contains(&cache.path().display().to_string()),
         "{stderr}"
     );
+}
+
+#[test]
+fn offline_mode_downloads_nothing() {
+    let cache = fake_cache();
+    let out = Command::new(env!("CARGO_BIN_EXE_lora-qat"))
+        .args(["inspect", "openai/gpt-oss-120b", "--no-scan"])
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HF_HUB_OFFLINE is set, so nothing is downloaded"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hf download openai/gpt-oss-120b"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
 }

@@ -1,6 +1,7 @@
 //! `--base openai/gpt-oss-120b`: hub repo ids resolved through the local Hugging Face cache
 //! (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; `models--org--name/`
-//! with `refs/<revision>` and `snapshots/<commit>/`). No network call is ever made, so nothing
+//! with `refs/<revision>` and `snapshots/<commit>/`). Files missing from the cache are downloaded
+//! when online (`download.rs`: a short connect check first; `HF_HUB_OFFLINE=1` downloads nothing), so nothing
 //! can hang offline; missing files produce an error that says how to download them.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,17 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     if parse_repo_id(spec).is_none() {
         bail!("{spec}: no such directory (and not a hub repo id of the form `org/name`)");
     }
-    resolve_in_cache(spec, &default_cache_root()?)
+    let root = default_cache_root()?;
+    match resolve_in_cache(spec, &root) {
+        Ok(dir) => Ok(dir),
+        Err(missing) if super::download::offline() => {
+            Err(missing.context("HF_HUB_OFFLINE is set, so nothing is downloaded"))
+        }
+        Err(missing) => match super::download::download(spec, &root) {
+            Ok(_) => resolve_in_cache(spec, &root),
+            Err(e) => Err(missing.context(format!("downloading failed: {e:#}"))),
+        },
+    }
 }
 
 /// The hub cache directory from the environment, as huggingface_hub picks it.
@@ -154,7 +165,7 @@ fn download_hint(id: &str, rev: &str, cache_root: &Path) -> String {
         format!(" --revision {rev}")
     };
     format!(
-        "lora-qat never downloads on its own. Fetch the files with \
+        "Fetch the files with \
          `hf download {id}{revision} --exclude 'original/*' 'metal/*'` \
          (older huggingface_hub: `huggingface-cli download {id}{revision}`) into the cache at {} \
          (HF_HUB_CACHE / HF_HOME select it), or pass a local model directory instead",

@@ -3,6 +3,7 @@
 //! hub repo ids resolved through the local Hugging Face cache.
 
 mod config;
+pub mod download;
 mod estimate;
 mod hub;
 mod index;
