@@ -155,6 +155,11 @@ fn qat_lowers_the_eval_loss_and_resumes_exactly() {
         std::fs::read(resumed.join("adapter_model.safetensors")).unwrap(),
         "resumed run ends with the same adapter"
     );
+    assert_eq!(
+        std::fs::read(full.join("checkpoint-40/optimizer.safetensors")).unwrap(),
+        std::fs::read(resumed.join("checkpoint-40/optimizer.safetensors")).unwrap(),
+        "and the same optimizer state, byte for byte"
+    );
     // the same after kill -9 at an arbitrary moment (once checkpoint-10 exists)
     let killed = dir.path().join("killed");
     let evals_flags = ["--eval-strategy", "steps", "--eval-steps", "20"];

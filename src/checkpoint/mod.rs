@@ -26,6 +26,7 @@ pub use index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
 pub use open::Checkpoint;
 pub use scan::{DataScan, TensorScan, PLAUSIBLE_SCALES};
 pub use spec::{ExpertProj, TensorSpec, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+pub(crate) use st_header::write_f32_tensors;
 pub use tensor::{PackedExperts, TensorRef};
 
 /// Re-exported so callers name dtypes without depending on safetensors directly.

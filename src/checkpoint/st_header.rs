@@ -64,3 +64,33 @@ impl<W: Write> Write for CountingWriter<'_, W> {
         self.inner.flush()
     }
 }
+
+/// Writes a safetensors file of 1-D f32 tensors (in the given order) with `metadata` in key
+/// order: the same bytes for the same content, unlike a `HashMap` metadata.
+pub(crate) fn write_f32_tensors<W: Write>(
+    w: &mut W,
+    tensors: &[(String, &[f32])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut items = Vec::with_capacity(tensors.len());
+    let mut offset = 0u64;
+    for (name, data) in tensors {
+        let len = 4 * data.len() as u64;
+        items.push(HeaderItem {
+            name: name.clone(),
+            dtype: Dtype::F32,
+            shape: vec![data.len()],
+            start: offset,
+            end: offset + len,
+        });
+        offset += len;
+    }
+    let header = header_bytes(&items, metadata)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+    for (_, data) in tensors {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_all(&bytes)?;
+    }
+    Ok(())
+}

@@ -29,13 +29,12 @@
 //! `optimizer = "adamw"`, `step` (completed [`AdamW::step`] calls), `param_steps` (JSON map name →
 //! per-tensor step) and `config` (JSON, informational: [`AdamW::load`] takes the run's config).
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 mod kernel;
@@ -228,7 +227,7 @@ impl AdamW {
             .iter()
             .map(|(n, s)| (n.as_str(), s.step))
             .collect();
-        let metadata = HashMap::from([
+        let metadata = BTreeMap::from([
             ("optimizer".to_owned(), "adamw".to_owned()),
             ("step".to_owned(), self.steps.to_string()),
             (
@@ -237,19 +236,15 @@ impl AdamW {
             ),
             ("config".to_owned(), serde_json::to_string(&self.config)?),
         ]);
-        let views = self.state_tensors().into_iter().map(|(name, data)| {
-            (
-                name,
-                F32View {
-                    shape: [data.len()],
-                    data,
-                },
-            )
-        });
-        let written = safetensors::serialize_to_file(views, Some(metadata), &tmp)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(fs::File::open(&tmp)?.sync_all()?))
-            .and_then(|()| Ok(fs::rename(&tmp, path)?));
+        // metadata in key order: a resumed run writes the same bytes as an uninterrupted one
+        let tensors = self.state_tensors();
+        let write = || -> Result<()> {
+            let mut f = std::io::BufWriter::new(fs::File::create(&tmp)?);
+            crate::checkpoint::write_f32_tensors(&mut f, &tensors, &metadata)?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(())
+        };
+        let written = write().and_then(|()| Ok(fs::rename(&tmp, path)?));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e.context(format!("writing optimizer state {}", path.display())));
@@ -372,26 +367,6 @@ impl AdamW {
 }
 
 /// A flat f32 tensor for `safetensors::serialize_to_file`; bytes are made one tensor at a time.
-struct F32View<'a> {
-    shape: [usize; 1],
-    data: &'a [f32],
-}
-
-impl View for F32View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        4 * self.data.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
