@@ -296,8 +296,9 @@ where
         window_loss += g.loss;
         window_steps += 1;
         bar.set_position(st.global_step as u64);
+        let tokens_per_s = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!(
-            "loss {:.4} lr {lr:.2e} grad_norm {grad_norm:.3}",
+            "loss {:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {tokens_per_s:.0} tok/s",
             g.loss
         ));
 
