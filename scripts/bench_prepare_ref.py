@@ -32,28 +32,16 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_chat_golden import pin_date  # noqa: E402
+
 _TOK = None
-
-
-def pin_date(date_str):
-    import transformers.utils.chat_template_utils as ctu
-
-    y, m, d = (int(x) for x in date_str.split("-"))
-    real = _dt.datetime
-
-    class _Pinned(real):
-        @classmethod
-        def now(cls, tz=None):
-            return real(y, m, d, 12, 0, 0, tzinfo=tz)
-
-    ctu.datetime = _Pinned
 
 
 def init_worker(tokenizer_dir, date):

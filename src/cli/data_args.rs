@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 
-use crate::data::template::parse_date;
 use crate::data::{DataOptions, RenderOptions};
 
 /// Data flags.
@@ -52,11 +51,7 @@ impl DataArgs {
     /// The rendering options.
     pub fn render_options(&self) -> Result<RenderOptions> {
         Ok(RenderOptions {
-            date: self
-                .chat_template_date
-                .as_deref()
-                .map(parse_date)
-                .transpose()?,
+            date: self.chat_template_date.clone(),
             reasoning_effort: self.reasoning_effort.clone(),
             kwargs: self.chat_template_kwargs.clone(),
             assistant_only_loss: self.assistant_only_loss,

@@ -202,9 +202,9 @@ impl Encoder {
                     ids: ids.clone(),
                     trained: trained.clone(),
                 };
-                let text = format!("{ids:?}");
+                // no text: `--show` prints the ids of pre-tokenized rows
                 Ok(Shown {
-                    text,
+                    text: String::new(),
                     trained_spans: Vec::new(),
                     encoded,
                 })

@@ -20,7 +20,6 @@ pub mod value;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use chrono::NaiveDate;
 
 pub use dataset::{prepare, DataOptions, Prepared, ReadStats, Split, SplitSummary};
 pub use encode::{Encoded, Encoder};
@@ -33,8 +32,8 @@ use crate::checkpoint::GptOssConfig;
 /// How rows are rendered and masked (the template flags).
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
-    /// What `strftime_now` prints (`--chat_template_date`); `None`: today.
-    pub date: Option<NaiveDate>,
+    /// What `strftime_now` prints (`--chat_template_date YYYY-MM-DD`); `None`: today.
+    pub date: Option<String>,
     /// `--reasoning_effort` (`low`, `medium`, `high`).
     pub reasoning_effort: Option<String>,
     /// `--chat_template_kwargs` (a JSON object): more template variables.
@@ -53,7 +52,8 @@ pub fn load_encoder(dir: &Path, opts: &RenderOptions) -> Result<Encoder> {
         dir.display()
     );
     let config = GptOssConfig::from_file(&config_path)?;
-    let template = ChatTemplate::find(dir, opts.date)?;
+    let date = opts.date.as_deref().map(template::parse_date).transpose()?;
+    let template = ChatTemplate::find(dir, date)?;
     let mut vars = TemplateVars::default();
     if let Some(effort) = &opts.reasoning_effort {
         anyhow::ensure!(

@@ -8,13 +8,30 @@ pub const OPEN: &str = "«";
 /// End marker.
 pub const CLOSE: &str = "»";
 
-/// The text with every trained span wrapped in the markers (plus ANSI green when `color`).
+/// The text with every trained span wrapped in the markers (plus ANSI green when `color`); a
+/// pre-tokenized row (no text) as its ids, trained ones marked.
 pub fn mark(s: &Shown, color: bool) -> String {
     let (open, close) = if color {
         ("\x1b[32m«", "»\x1b[0m")
     } else {
         (OPEN, CLOSE)
     };
+    if s.text.is_empty() {
+        let ids: Vec<String> = s
+            .encoded
+            .ids
+            .iter()
+            .zip(&s.encoded.trained)
+            .map(|(id, &t)| {
+                if t {
+                    format!("{open}{id}{close}")
+                } else {
+                    id.to_string()
+                }
+            })
+            .collect();
+        return ids.join(" ");
+    }
     let mut out = String::with_capacity(s.text.len() + 16 * s.trained_spans.len());
     let mut at = 0;
     for span in &s.trained_spans {
@@ -48,5 +65,14 @@ mod tests {
             },
         };
         assert_eq!(mark(&s, false), "ab «cd» «ef»");
+        let ids = Shown {
+            text: String::new(),
+            trained_spans: vec![],
+            encoded: Encoded {
+                ids: vec![4, 5],
+                trained: vec![false, true],
+            },
+        };
+        assert_eq!(mark(&ids, false), "4 «5»");
     }
 }

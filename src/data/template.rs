@@ -5,7 +5,6 @@
 //! special tokens (`bos_token`, `eos_token`, `pad_token`) and `add_generation_prompt`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
@@ -80,8 +79,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson_filter);
         env.add_function("raise_exception", raise_exception);
-        let clock = Arc::new(date);
-        env.add_function("strftime_now", move |fmt: String| strftime(*clock, &fmt));
+        env.add_function("strftime_now", move |fmt: String| strftime(date, &fmt));
         for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
             if let Some(tok) = special(key) {
                 env.add_global(key, tok);

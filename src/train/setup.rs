@@ -11,7 +11,6 @@ use super::config::TrainConfig;
 use super::state;
 use super::targets::{self, Module};
 use crate::checkpoint::{resolve_model, Checkpoint};
-use crate::data::template::parse_date;
 use crate::data::{load_encoder, prepare, DataOptions, Prepared, RenderOptions};
 use crate::model::load::base_dims;
 
@@ -73,11 +72,7 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
 
     // data, exactly as `prepare` sees it
     let render = RenderOptions {
-        date: cfg
-            .chat_template_date
-            .as_deref()
-            .map(parse_date)
-            .transpose()?,
+        date: cfg.chat_template_date.clone(),
         reasoning_effort: cfg.reasoning_effort.clone(),
         kwargs: cfg.chat_template_kwargs.clone(),
         assistant_only_loss: cfg.assistant_only_loss,

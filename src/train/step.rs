@@ -39,7 +39,7 @@ pub fn batch_loss<B: LoraLinearBackend>(
         .loss)
 }
 
-/// Forward and backward over `batches`; `None` batches with no counted token are left out.
+/// Forward and backward over `batches`; batches with no counted token are left out.
 pub fn step_grads<B>(
     model: &GptOssForCausalLM<B>,
     batches: &[Batch],
