@@ -7,7 +7,8 @@
 #   THREADS        default 2 (RAYON_NUM_THREADS for lora-qat, torch threads for PyTorch)
 #   SEQS           default 512,2048
 #   SHAPE          bench-small (default) or real20b (gpt-oss-20b's real layer dims, 2 layers, 32 experts)
-#   MODES          default qat,lora (lora = plain LoRA, --quant-cfg NONE)
+#   MODES          default qat,lora (lora = plain LoRA, --quant-cfg NONE); a -ckpt suffix (qat-ckpt,
+#                  lora-ckpt) turns on gradient checkpointing on both sides (PyTorch: --grad-ckpt)
 #   PYTHON         a python with torch, transformers, peft, psutil (default python3)
 # Both run batch 1, random token ids with every token trained, AdamW lr 1e-4 without clipping,
 # 3 warm-up steps then 10 measured steps (median); lora-qat runs the real `train` command
@@ -52,13 +53,16 @@ with open(out, "w") as f:
 PY
   for mode in ${modes//,/ }; do
     quant=MXFP4_MLP_WEIGHT_ONLY_CFG
-    [ "$mode" = lora ] && quant=NONE
+    base_mode=${mode%-ckpt}
+    ckpt=false; ref_ckpt=()
+    [ "$base_mode" != "$mode" ] && { ckpt=true; ref_ckpt=(--grad-ckpt); }
+    [ "$base_mode" = lora ] && quant=NONE
     out=$(mktemp -d /tmp/bench_train.XXXXXX)
     /usr/bin/time -v -o "$out/time" "$bin" --log warn train --base "$work/base" --data "$data" \
       --output-dir "$out/run" --max-steps $((warmup + steps)) --per-device-train-batch-size 1 \
       --max-length "$seq" --lora-r "$rank" --lora-alpha "$alpha" --learning-rate 1e-4 \
       --lr-scheduler-type constant --max-grad-norm 0 --logging-steps 1 --save-strategy no \
-      --quant-cfg "$quant" --seed 0 >/dev/null 2>"$out/stderr" || { cat "$out/stderr" >&2; exit 1; }
+      --quant-cfg "$quant" --gradient-checkpointing $ckpt --seed 0 >/dev/null 2>"$out/stderr" || { cat "$out/stderr" >&2; exit 1; }
     "$py" - "$out/run/train_log.jsonl" "$out/time" "$shape" "$mode" "$seq" "$threads" "$warmup" <<'PY'
 import json, re, statistics, sys
 log, timef, shape, mode, seq, threads, warmup = sys.argv[1:8]
@@ -72,8 +76,8 @@ print(json.dumps({"system": "lora-qat train", "config": shape, "mode": mode, "se
                   "peak_rss_mib": round(rss, 1), "loss_last": rows[-1]["loss"]}))
 PY
     rm -rf "$out"
-    "$py" "$ref/bench/torch_train_step.py" --shape "$shape" --seq "$seq" --mode "$mode" \
-      --experts-impl grouped_mm --threads "$threads" --warmup $warmup --steps $steps | grep '^{' \
+    "$py" "$ref/bench/torch_train_step.py" --shape "$shape" --seq "$seq" --mode "$base_mode" \
+      "${ref_ckpt[@]}" --experts-impl grouped_mm --threads "$threads" --warmup $warmup --steps $steps | grep '^{' \
       | "$py" -c "import json,sys; r=json.loads(sys.stdin.read()); r['system']='pytorch+peft'; print(json.dumps(r))"
   done
 done

@@ -134,7 +134,8 @@ fn qat_lowers_the_eval_loss_and_resumes_exactly() {
                 && cp.join("adapter_model.safetensors").is_file()
         );
     }
-    // resume from step 20 in another directory: byte-identical final adapter
+    // resume from step 20 in another directory, the rest with gradient checkpointing (each
+    // layer recomputed in backward: the same arithmetic): byte-identical final adapter
     let resumed = dir.path().join("resumed");
     std::fs::create_dir(&resumed).unwrap();
     copy_dir(&full.join("checkpoint-20"), &resumed.join("checkpoint-20"));
@@ -148,12 +149,14 @@ fn qat_lowers_the_eval_loss_and_resumes_exactly() {
             "20",
             "--resume-from-checkpoint",
             "latest",
+            "--gradient-checkpointing",
+            "true",
         ],
     )));
     assert_eq!(
         std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(resumed.join("adapter_model.safetensors")).unwrap(),
-        "resumed run ends with the same adapter"
+        "resumed run (with gradient checkpointing) ends with the same adapter"
     );
     assert_eq!(
         std::fs::read(full.join("checkpoint-40/optimizer.safetensors")).unwrap(),

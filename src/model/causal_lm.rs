@@ -150,28 +150,20 @@ impl<B: AutodiffBackend> GptOssForCausalLM<B> {
         &self,
         grads: &B::Gradients,
     ) -> Vec<(String, Option<Tensor<B::InnerBackend, 2>>)> {
-        let mut out = Vec::new();
-        for layer in &self.model.layers {
-            let a = &layer.self_attn;
-            for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
-                .into_iter()
-                .filter_map(|p| p.lora.as_ref())
-            {
-                out.extend(p.grads(grads));
-            }
-            let e = &layer.mlp.experts;
-            for p in [&e.gate_up_proj, &e.down_proj]
-                .into_iter()
-                .filter_map(|p| p.lora.as_ref())
-            {
-                out.extend(p.grads(grads));
-            }
-        }
-        out
+        self.model
+            .layers
+            .iter()
+            .flat_map(|layer| layer.lora_grads(grads))
+            .collect()
     }
 }
 
 impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
+    /// The rotary tables at `positions` (shared by every layer).
+    pub fn rope_tables(&self, positions: &PositionIds, device: &B::Device) -> RopeTables<B> {
+        RopeTables::at(&self.model.rope, self.model.head_dim, positions, device)
+    }
+
     /// `ids [batch, seq] -> logits [batch, seq, vocab]` (positions `0..seq`, no padding mask).
     pub fn forward(
         &self,
@@ -211,7 +203,7 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         );
         let device = ids.device();
         let m = &self.model;
-        let rope = RopeTables::at(&m.rope, m.head_dim, positions, &device);
+        let rope = self.rope_tables(positions, &device);
         let mut x = m.embed_tokens.forward(ids);
         for layer in &m.layers {
             x = layer.forward(x, &rope, positions, mode)?;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use burn::module::Module;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use kernels::ops::LoraLinearBackend;
 
@@ -53,5 +53,31 @@ impl<B: LoraLinearBackend> DecoderLayer<B> {
             .forward(self.post_attention_layernorm.forward(x.clone()), mode)
             .with_context(|| format!("layer {l} experts"))?;
         Ok(x + h)
+    }
+}
+
+impl<B: AutodiffBackend> DecoderLayer<B> {
+    /// `(PEFT key, gradient)` of this layer's LoRA factors after a backward pass: attention q, k,
+    /// v, o, then the experts' stacked gate_up and down, A before B.
+    pub fn lora_grads(
+        &self,
+        grads: &B::Gradients,
+    ) -> Vec<(String, Option<Tensor<B::InnerBackend, 2>>)> {
+        let mut out = Vec::new();
+        let a = &self.self_attn;
+        for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+            .into_iter()
+            .filter_map(|p| p.lora.as_ref())
+        {
+            out.extend(p.grads(grads));
+        }
+        let e = &self.mlp.experts;
+        for p in [&e.gate_up_proj, &e.down_proj]
+            .into_iter()
+            .filter_map(|p| p.lora.as_ref())
+        {
+            out.extend(p.grads(grads));
+        }
+        out
     }
 }

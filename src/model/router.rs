@@ -1,7 +1,6 @@
 //! The top-k router (`mlp.router`): `logits = x·Wᵀ + b`, top-k, softmax over the k selected logits.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -78,9 +77,20 @@ impl<B: Backend> Router<B> {
         Ok(Routing {
             experts: chosen,
             indices,
-            scores: softmax(selected, 1),
+            scores: stable_softmax(selected),
         })
     }
+}
+
+/// Softmax over the last dim as composite ops (detached max shift, exp, sum, divide): the same
+/// arithmetic on every backend, autodiff or not. (Flex's fused softmax rounds differently from
+/// the composite one that `Autodiff` records, which would make a graph-free recompute of a
+/// layer differ from its tracked forward.)
+fn stable_softmax<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let max = x.clone().detach().max_dim(1);
+    let exp = (x - max).exp();
+    let sum = exp.clone().sum_dim(1);
+    exp / sum
 }
 
 #[cfg(test)]

@@ -1,16 +1,19 @@
 //! One optimizer step's gradients: the micro-batches' losses, each weighted by its share of the
 //! step's counted tokens (the mean over every counted token of the step, as transformers ≥ 4.46
-//! normalizes with `num_items_in_batch`), backward, and the LoRA gradients summed on the host,
-//! keyed by PEFT name.
+//! normalizes with `num_items_in_batch`), backward (whole graph, or layer by layer with
+//! recomputation under gradient checkpointing), and the LoRA gradients summed on the host, keyed
+//! by PEFT name.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use kernels::ops::LoraLinearBackend;
 
 use super::batch::Batch;
+use super::recompute::{checkpointed_grads, BatchGrads};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
 /// The summed gradients and the step's mean loss.
@@ -33,35 +36,54 @@ pub fn batch_loss<B: LoraLinearBackend>(
 ) -> Result<burn::tensor::Tensor<B, 1>> {
     let ids = model.input_ids(&batch.ids, batch.batch, batch.seq, device)?;
     let positions = PositionIds::from_i64(&batch.positions, batch.batch, batch.seq)?;
-    Ok(model
-        .forward_with_loss_at(ids, &positions, &batch.labels, mode)?
-        .loss
-        .loss)
+    Ok(model.loss_at(ids, &positions, &batch.labels, mode)?.loss)
 }
 
-/// Forward and backward over `batches`; batches with no counted token are left out.
+/// [`BatchGrads`] of one micro-batch through the whole autodiff graph.
+fn full_graph_grads<B>(
+    model: &GptOssForCausalLM<B>,
+    batch: &Batch,
+    weight: f64,
+    mode: ForwardMode,
+    device: &B::Device,
+) -> Result<BatchGrads<B>>
+where
+    B: AutodiffBackend + LoraLinearBackend,
+{
+    let loss = batch_loss(model, batch, mode, device)?;
+    let value: f64 = loss.clone().into_scalar().elem();
+    let g = loss.mul_scalar(weight).backward();
+    Ok((value, model.lora_grads(&g)))
+}
+
+/// Forward and backward over `batches`; batches with no counted token are left out. With
+/// `checkpointing`, each decoder layer is recomputed in backward ([`checkpointed_grads`]).
 pub fn step_grads<B>(
     model: &GptOssForCausalLM<B>,
     batches: &[Batch],
     mode: ForwardMode,
+    checkpointing: bool,
     device: &B::Device,
 ) -> Result<StepGrads>
 where
     B: AutodiffBackend + LoraLinearBackend,
+    B::InnerBackend: LoraLinearBackend,
 {
     let total: usize = batches.iter().map(Batch::counted).sum();
     if total == 0 {
         bail!("no counted token in the step");
     }
+    let frozen = checkpointing.then(|| model.valid());
     let mut grads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut loss_sum = 0f64;
     for b in batches.iter().filter(|b| b.counted() > 0) {
         let weight = b.counted() as f64 / total as f64;
-        let loss = batch_loss(model, b, mode, device)?;
-        let value: f64 = loss.clone().into_scalar().elem();
+        let (value, batch_grads) = match &frozen {
+            Some(frozen) => checkpointed_grads(model, frozen, b, weight, mode, device)?,
+            None => full_graph_grads(model, b, weight, mode, device)?,
+        };
         loss_sum += value * weight;
-        let g = loss.mul_scalar(weight).backward();
-        for (name, grad) in model.lora_grads(&g) {
+        for (name, grad) in batch_grads {
             let Some(grad) = grad else { continue };
             let host = grad
                 .into_data()

@@ -218,13 +218,14 @@ where
                 None => "none (no checkpoint was saved yet)".into(),
             }
         };
-        let mut g = step_grads(&model, &batches, mode, device).with_context(|| {
-            format!(
-                "step {}: training stopped; the last good checkpoint is {}",
-                step + 1,
-                last_good()
-            )
-        })?;
+        let mut g = step_grads(&model, &batches, mode, cfg.gradient_checkpointing, device)
+            .with_context(|| {
+                format!(
+                    "step {}: training stopped; the last good checkpoint is {}",
+                    step + 1,
+                    last_good()
+                )
+            })?;
         let lr = schedule.lr_at(step);
         let names: Vec<String> = params.keys().cloned().collect();
         for n in &names {

@@ -1,0 +1,86 @@
+//! Gradient checkpointing: one micro-batch's gradients with each decoder layer recomputed in
+//! backward, so only one layer's activations are alive at a time.
+//!
+//! The forward runs on the inner (non-autodiff) backend and keeps nothing but each layer's input
+//! `[batch, seq, hidden]`. Backward then walks the layers from the top: the final norm and the
+//! chunked LM-head loss are differentiated from the last hidden state, and each layer is run again
+//! under autodiff from its saved input and differentiated with the gradient that arrived at its
+//! output (a vector–Jacobian product through `sum(out · g)`, whose seed is exactly `g`). The
+//! values are those of the un-checkpointed graph: the same ops on the same inputs.
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use kernels::ops::{default_chunk_rows, LoraLinearBackend};
+
+use super::batch::Batch;
+use crate::model::loss::{counted_rows_loss, counted_targets};
+use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
+
+/// A micro-batch's loss value and its LoRA gradients (`(PEFT key, gradient)`), scaled by
+/// `weight` like `loss · weight` would be.
+pub type BatchGrads<B> = (
+    f64,
+    Vec<(
+        String,
+        Option<Tensor<<B as AutodiffBackend>::InnerBackend, 2>>,
+    )>,
+);
+
+/// [`BatchGrads`] of `batch` with per-layer recomputation; `frozen` is `model.valid()` (the same
+/// weights on the inner backend).
+pub fn checkpointed_grads<B>(
+    model: &GptOssForCausalLM<B>,
+    frozen: &GptOssForCausalLM<B::InnerBackend>,
+    batch: &Batch,
+    weight: f64,
+    mode: ForwardMode,
+    device: &B::Device,
+) -> Result<BatchGrads<B>>
+where
+    B: AutodiffBackend + LoraLinearBackend,
+    B::InnerBackend: LoraLinearBackend,
+{
+    let (b, s) = (batch.batch, batch.seq);
+    let positions = PositionIds::from_i64(&batch.positions, b, s)?;
+    let (rows, targets) = counted_targets(&batch.labels, b, s, model.vocab_size())?;
+    let ids = frozen.input_ids(&batch.ids, b, s, device)?;
+
+    // forward without a graph, keeping each layer's input
+    let rope = frozen.rope_tables(&positions, device);
+    let mut x = frozen.model.embed_tokens.forward(ids);
+    let mut inputs = Vec::with_capacity(frozen.model.layers.len());
+    for layer in &frozen.model.layers {
+        inputs.push(x.clone());
+        x = layer.forward(x, &rope, &positions, mode)?;
+    }
+    drop(rope);
+
+    // the head: final norm and the chunked loss, differentiated from the last hidden state
+    let top = Tensor::<B, 3>::from_inner(x).require_grad();
+    let hidden = model.model.norm.forward(top.clone());
+    let chunk = default_chunk_rows(model.vocab_size());
+    let loss = counted_rows_loss(hidden, model.lm_head.weight.val(), rows, &targets, chunk)?.loss;
+    let value: f64 = loss.clone().into_scalar().elem();
+    let g = loss.mul_scalar(weight).backward();
+    let mut upstream = top
+        .grad(&g)
+        .context("no gradient reached the last hidden state")?;
+    drop(g);
+
+    // each layer again, from the top, under autodiff
+    let rope = model.rope_tables(&positions, device);
+    let mut grads = Vec::new();
+    for (layer, input) in model.model.layers.iter().zip(inputs).rev() {
+        let x = Tensor::<B, 3>::from_inner(input).require_grad();
+        let out = layer.forward(x.clone(), &rope, &positions, mode)?;
+        let g = (out * Tensor::from_inner(upstream)).sum().backward();
+        let mut layer_grads = layer.lora_grads(&g);
+        layer_grads.append(&mut grads);
+        grads = layer_grads;
+        upstream = x
+            .grad(&g)
+            .with_context(|| format!("no gradient reached the input of layer {}", layer.index))?;
+    }
+    Ok((value, grads))
+}
