@@ -1,7 +1,7 @@
-//! "What is trained is what is served": the weights the QAT forward computes with — built by the
-//! same code path the op uses (`kernels::ops::add_lora_delta`, the fixed-order merge, then the
-//! codec) — equal the exported checkpoint that transformers + PEFT produce for the fixture
-//! adapter (`export.*` in golden.safetensors: bf16 attention weights, U8 expert blocks/scales).
+//! "What is trained is what is served": the deployed weights — `kernels::deploy::deploy`, the one
+//! function the QAT op decodes its `Wq` from and merge-export writes, fed by the adapter's own
+//! per-expert slicing — equal the exported checkpoint that transformers + PEFT produce for the
+//! fixture adapter (`export.*` in golden.safetensors: bf16 attention weights, U8 expert blocks/scales).
 //! Tolerances from golden.json: scales identical; blocks identical except at most 1e-4 of the
 //! nibbles, each one code step away; bf16 identical except at most 1e-4 of the elements, each one
 //! ulp away (the golden summed W+dW in f64, we sum in f32).
@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 
 use adapters::{AttnProj, ExpertProj as LoraExpertProj, LoraAdapter};
+use kernels::deploy::{deploy, Deployed, HostLora};
 use kernels::mxfp4;
-use kernels::ops::add_lora_delta;
+use kernels::ops::Quantizer;
 use lora_qat::checkpoint::{names, Checkpoint, ExpertProj};
 use safetensors::SafeTensors;
 
@@ -80,9 +81,16 @@ fn deployed_weights_equal_the_reference_export() {
             let tensor = names::attn_weight(l, name);
             let mut w = ckpt.bf16_to_f32(&tensor).expect("attention weight");
             let shape = [lo.out_features, lo.in_features];
-            add_lora_delta(&mut w, shape, lo.a, lo.b, lo.r, lo.scale).expect("merge");
-            let mut got = vec![0u8; w.len() * 2];
-            kernels::bf16::encode_le(&w, &mut got).expect("encode");
+            let host = HostLora {
+                a: lo.a,
+                b: lo.b,
+                rank: lo.r,
+                scale: lo.scale,
+            };
+            let Deployed::Bf16(got) = deploy(&mut w, shape, &[host], Quantizer::Bf16).unwrap()
+            else {
+                panic!("bf16 expected")
+            };
             let want = golden
                 .tensor(&format!("export.{tensor}"))
                 .expect("golden export");
@@ -103,21 +111,26 @@ fn deployed_weights_equal_the_reference_export() {
                 continue;
             };
             let packed = ckpt.experts(l, proj).expect("packed experts");
-            let (rows, cols, r, n) = (packed.rows, packed.cols, lo.r, lo.experts);
+            let (rows, cols) = (packed.rows, packed.cols);
             let (mut blocks, mut scales) = (Vec::new(), Vec::new());
-            for e in 0..n {
+            for e in 0..lo.experts {
                 let mut w = vec![0f32; rows * cols];
                 mxfp4::dequantize(packed.expert_blocks(e), packed.expert_scales(e), &mut w)
                     .expect("dequantize");
-                let a_e = &lo.a[e * r * cols..(e + 1) * r * cols];
-                let b_e: Vec<f32> = (0..rows)
-                    .flat_map(|o| (0..r).map(move |j| (o, j)))
-                    .map(|(o, j)| lo.b[o * r * n + j * n + e])
-                    .collect();
-                add_lora_delta(&mut w, [rows, cols], a_e, &b_e, r, lo.scale).expect("merge");
-                let mut eb = vec![0u8; w.len() / 2];
-                let mut es = vec![0u8; w.len() / 32];
-                mxfp4::quantize(&w, &mut eb, &mut es).expect("quantize");
+                let b_e = lo.expert_b(e);
+                let host = HostLora {
+                    a: lo.expert_a(e),
+                    b: &b_e,
+                    rank: lo.r,
+                    scale: lo.scale,
+                };
+                let Deployed::Mxfp4 {
+                    blocks: eb,
+                    scales: es,
+                } = deploy(&mut w, [rows, cols], &[host], Quantizer::Mxfp4).unwrap()
+                else {
+                    panic!("mxfp4 expected")
+                };
                 blocks.extend(eb);
                 scales.extend(es);
             }

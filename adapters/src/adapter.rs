@@ -52,6 +52,32 @@ pub struct ExpertLora<'a> {
     pub scale: f32,
 }
 
+impl<'a> ExpertLora<'a> {
+    /// Expert `e`'s `A_e` (`[r, in]`): rows `e·r..(e+1)·r` of the stacked A, borrowed.
+    ///
+    /// # Panics
+    /// When `e >= experts` (a caller bug).
+    pub fn expert_a(&self, e: usize) -> &'a [f32] {
+        let n = self.r * self.in_features;
+        &self.a[e * n..(e + 1) * n]
+    }
+
+    /// Expert `e`'s `B_e` (`[out, r]`): column `j` is column `j·E + e` of the stacked B (PEFT's
+    /// rank-major order). This and [`expert_a`](Self::expert_a) are the one place PEFT's
+    /// per-expert slicing is written.
+    ///
+    /// # Panics
+    /// When `e >= experts` (a caller bug).
+    pub fn expert_b(&self, e: usize) -> Vec<f32> {
+        assert!(e < self.experts, "expert {e} of {}", self.experts);
+        let (r, n) = (self.r, self.experts);
+        self.b
+            .chunks_exact(r * n)
+            .flat_map(|row| (0..r).map(move |j| row[j * n + e]))
+            .collect()
+    }
+}
+
 /// Where the A and B of one adapted module live, with their rank and scaling.
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {

@@ -1,5 +1,6 @@
-//! PEFT-exact LoRA adapter directories for gpt-oss: read, write, validate against a base model, and the LoRA
-//! delta math on plain slices (used by training, merge-export and verify without autodiff).
+//! PEFT-exact LoRA adapter directories for gpt-oss: read, write, validate against a base model, and PEFT's
+//! per-expert slicing of the stacked expert factors (`ExpertLora::expert_a` / `expert_b`). The delta math itself
+//! is `kernels::deploy`, the one deployed-weight function of training, merge-export and verify.
 //!
 //! Names follow the checkpoint (module paths such as `model.layers.0.self_attn.q_proj`), and tensor keys are
 //! PEFT's own (`base_model.model.<module path>.lora_A.weight`), so an adapter written here loads in PEFT and
@@ -8,7 +9,6 @@
 mod adapter;
 mod config;
 mod config_parse;
-mod delta;
 mod error;
 pub mod json;
 mod keys;
@@ -19,9 +19,6 @@ mod validate;
 
 pub use adapter::{AttentionLora, ExpertLora, LoraAdapter, Tensor, IN_MEMORY};
 pub use config::{AdapterConfig, TargetModules};
-pub use delta::{
-    add_attention_delta, add_expert_delta_packed, attention_delta, expert_delta_packed, reference,
-};
 pub use error::AdapterError;
 pub use keys::{
     attention_key, attention_module, expert_key, expert_param, expert_targeted, AttnProj,

@@ -2,5 +2,6 @@
 //! (a scalar reference beside every fast path) and the burn custom ops with their autodiff.
 
 pub mod bf16;
+pub mod deploy;
 pub mod mxfp4;
 pub mod ops;

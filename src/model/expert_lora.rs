@@ -21,62 +21,26 @@ pub struct ExpertLora<B: Backend> {
     pub key: String,
 }
 
-/// Shape of a stacked expert LoRA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StackedDims {
-    /// Rank per expert.
-    pub r: usize,
-    /// Number of experts.
-    pub experts: usize,
-    /// Input features.
-    pub in_features: usize,
-    /// Output features.
-    pub out_features: usize,
-}
-
 impl<B: Backend> ExpertLora<B> {
     /// Splits PEFT's stacked `A [r·E, in]` (expert-major) and `B [out, r·E]` (rank-major) into
-    /// trainable per-expert pairs on `device`.
+    /// trainable per-expert pairs on `device` (the adapter's own per-expert slicing).
     pub fn from_stacked(
-        a: &[f32],
-        b: &[f32],
-        dims: StackedDims,
-        scale: f32,
+        stacked: &adapters::ExpertLora<'_>,
         key: String,
         device: &B::Device,
     ) -> Self {
-        let StackedDims {
-            r,
-            experts,
-            in_features,
-            out_features,
-        } = dims;
+        let (r, inp, out) = (stacked.r, stacked.in_features, stacked.out_features);
         let param = |values: Vec<f32>, shape: [usize; 2]| {
             Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
         };
-        let lora_a = (0..experts)
-            .map(|e| {
-                param(
-                    a[e * r * in_features..(e + 1) * r * in_features].to_vec(),
-                    [r, in_features],
-                )
-            })
-            .collect();
-        let lora_b = (0..experts)
-            .map(|e| {
-                let mut be = Vec::with_capacity(out_features * r);
-                for o in 0..out_features {
-                    for j in 0..r {
-                        be.push(b[o * r * experts + j * experts + e]);
-                    }
-                }
-                param(be, [out_features, r])
-            })
-            .collect();
         Self {
-            lora_a,
-            lora_b,
-            scale,
+            lora_a: (0..stacked.experts)
+                .map(|e| param(stacked.expert_a(e).to_vec(), [r, inp]))
+                .collect(),
+            lora_b: (0..stacked.experts)
+                .map(|e| param(stacked.expert_b(e), [out, r]))
+                .collect(),
+            scale: stacked.scale,
             key,
         }
     }
@@ -169,15 +133,18 @@ mod tests {
     #[test]
     fn split_and_stack_follow_the_peft_layout() {
         let dev = Default::default();
-        let dims = StackedDims {
+        let a: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
+        let b: Vec<f32> = (0..5 * 2 * 3).map(|v| 100.0 + v as f32).collect();
+        let stacked = adapters::ExpertLora {
+            a: &a,
+            b: &b,
             r: 2,
             experts: 3,
             in_features: 4,
             out_features: 5,
+            scale: 1.0,
         };
-        let a: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
-        let b: Vec<f32> = (0..5 * 2 * 3).map(|v| 100.0 + v as f32).collect();
-        let l = ExpertLora::<Flex>::from_stacked(&a, &b, dims, 1.0, "k".into(), &dev);
+        let l = ExpertLora::<Flex>::from_stacked(&stacked, "k".into(), &dev);
         // A_e = rows e·r..(e+1)·r
         let a1 = l.expert(1).a.into_data().to_vec::<f32>().unwrap();
         assert_eq!(a1, (8..16).map(|v| v as f32).collect::<Vec<_>>());

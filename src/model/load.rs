@@ -13,7 +13,7 @@ use adapters::{AttnProj, BaseDims, Factor, LoraAdapter};
 use super::attention::Attention;
 use super::causal_lm::{GptOssForCausalLM, GptOssModel};
 use super::embedding::{Embedding, LmHead};
-use super::expert_lora::{ExpertLora, StackedDims};
+use super::expert_lora::ExpertLora;
 use super::experts::{ExpertProjection, Experts};
 use super::layer::DecoderLayer;
 use super::linear::LoraLinear;
@@ -201,17 +201,8 @@ impl<B: Backend> GptOssForCausalLM<B> {
                 (adapters::ExpertProj::Down, &mut experts.down_proj),
             ] {
                 if let Some(lo) = adapter.experts(l, proj) {
-                    let dims = StackedDims {
-                        r: lo.r,
-                        experts: lo.experts,
-                        in_features: lo.in_features,
-                        out_features: lo.out_features,
-                    };
                     module.lora = Some(ExpertLora::from_stacked(
-                        lo.a,
-                        lo.b,
-                        dims,
-                        lo.scale,
+                        &lo,
                         prefix(adapters::expert_key(l, proj, both, Factor::A)),
                         &device,
                     ));

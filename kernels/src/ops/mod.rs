@@ -24,6 +24,6 @@ pub use grouped::{
 };
 pub use linear::{forward, lora_linear, LoraLinearBackend};
 pub use merge::add_lora_delta;
-pub use quant::{fake_quantize_slice, merged_weight, quantized_weight};
+pub use quant::{merged_weight, quantized_weight};
 pub use reference::lora_linear_reference;
 pub use weight::{BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};

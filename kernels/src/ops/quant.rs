@@ -1,41 +1,14 @@
 //! Building `Wq = Q(W + s·B·A)` from burn tensors. With a quantizer, the merge and the Q step
-//! go through host data, [`add_lora_delta`] and the codec (the arithmetic and the quantizer
-//! shared with export); a device kernel can replace `quantized_weight` without changing its
-//! callers.
+//! go through host data and [`deploy`] (the deployed-weight function export and verify call):
+//! `Wq` is decoded from the very bytes `merge-export` writes. A device kernel can replace
+//! `quantized_weight` without changing its callers.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::merge::add_lora_delta;
 use super::weight::{BaseWeight, Lora, Quantizer};
-use crate::bf16;
-use crate::mxfp4::{self, CodecError};
-
-/// Applies `quant` in place to a row-major `[out, in]` weight; errors on the first NaN/Inf
-/// (flat index) for `Bf16` (of the rounded values) and `Mxfp4` (of the input; the contents are
-/// then unspecified). `None` leaves the values untouched and unchecked.
-pub fn fake_quantize_slice(values: &mut [f32], quant: Quantizer) -> Result<(), CodecError> {
-    match quant {
-        Quantizer::None => Ok(()),
-        Quantizer::Bf16 => {
-            bf16::round_slice_in_place(values);
-            first_non_finite(values)
-        }
-        Quantizer::Mxfp4 => mxfp4::fake_quantize_in_place(values),
-    }
-}
-
-/// The first NaN/Inf of an already rounded weight (a NaN/Inf input, or a finite value beyond
-/// the bf16 range that rounded to Inf) as [`CodecError::NonFinite`].
-fn first_non_finite(values: &[f32]) -> Result<(), CodecError> {
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(CodecError::NonFinite {
-            index,
-            value: values[index],
-        }),
-        None => Ok(()),
-    }
-}
+use crate::deploy::{deploy, HostLora};
+use crate::mxfp4::CodecError;
 
 /// `W + s·B·A` (or `W` without LoRA) as a tensor on `device`. Under autodiff the LoRA part is
 /// tracked, the base never is.
@@ -51,9 +24,9 @@ pub fn merged_weight<B: Backend>(
     })
 }
 
-/// `Wq = Q(W + s·B·A)` on `device`, untracked. For `Bf16`/`Mxfp4` the merge runs on host
-/// through [`add_lora_delta`] (the arithmetic export shares) and `Q` through the codec;
-/// `None` stays on the device (`W + (B·A)·s` in burn ops).
+/// `Wq = Q(W + s·B·A)` on `device`, untracked. For `Bf16`/`Mxfp4` the weight is [`deploy`]ed
+/// on the host and decoded back (what export writes, bit for bit); `None` stays on the device
+/// (`W + (B·A)·s` in burn ops).
 pub fn quantized_weight<B: Backend>(
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
@@ -75,13 +48,17 @@ pub fn quantized_weight<B: Backend>(
             (values, None)
         }
     };
-    if let Some(l) = lora {
-        let rank = l.a.dims()[0];
-        let (a, _) = host_f32(l.a.clone());
-        let (b, _) = host_f32(l.b.clone());
-        add_lora_delta(&mut values, shape, &a, &b, rank, l.scale)?;
-    }
-    fake_quantize_slice(&mut values, quant)?;
+    let factors = lora.map(|l| (host_f32(l.a.clone()).0, host_f32(l.b.clone()).0));
+    let host: Vec<HostLora<'_>> = match (lora, &factors) {
+        (Some(l), Some((a, b))) => vec![HostLora {
+            a,
+            b,
+            rank: l.a.dims()[0],
+            scale: l.scale,
+        }],
+        _ => Vec::new(),
+    };
+    deploy(&mut values, shape, &host, quant)?.decode_into(&mut values)?;
     let data = TensorData::new(values, shape);
     Ok(match dtype {
         Some(dtype) => Tensor::from_data(data, (device, dtype)),
