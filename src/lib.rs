@@ -6,5 +6,6 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod model;
 pub mod train;

@@ -1,6 +1,7 @@
 //! The `lora-qat` command line: one file per command, each with its clap `Args` and a `run`.
 
 pub mod data_args;
+pub mod export;
 pub mod inspect;
 pub mod prepare;
 pub mod score;
@@ -29,6 +30,10 @@ pub enum Command {
     Prepare(prepare::PrepareArgs),
     /// LoRA-QAT fine-tuning: writes checkpoints, logs, the PEFT adapter and its model card.
     Train(Box<train::TrainArgs>),
+    /// Fold adapters into the base and write a real MXFP4 checkpoint (streaming, exact).
+    MergeExport(export::MergeExportArgs),
+    /// Check an export against the base and the adapters, tensor by tensor.
+    Verify(export::VerifyArgs),
 }
 
 impl Cli {
@@ -38,6 +43,8 @@ impl Cli {
             Command::Score(args) => score::run(&args),
             Command::Prepare(args) => prepare::run(&args),
             Command::Train(args) => train::run(&args),
+            Command::MergeExport(args) => export::run_merge_export(&args),
+            Command::Verify(args) => export::run_verify(&args),
         }
     }
 }
