@@ -6,9 +6,13 @@
 //! nibbles, each one code step away; bf16 identical except at most 1e-4 of the elements, each one
 //! ulp away (the golden summed W+dW in f64, we sum in f32).
 
+mod export_support;
+mod model_support;
+
 use std::path::PathBuf;
 
 use adapters::{AttnProj, ExpertProj as LoraExpertProj, LoraAdapter};
+use export_support::{bf16_diffs, nibble_diffs};
 use kernels::deploy::{deploy, Deployed, HostLora};
 use kernels::mxfp4;
 use kernels::ops::Quantizer;
@@ -17,46 +21,6 @@ use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt-oss")
-}
-
-/// Counts of (differing, far-off) elements between two bf16 byte strings (far = more than 1 ulp).
-fn bf16_diffs(got: &[u8], want: &[u8]) -> (usize, usize) {
-    let (mut diff, mut far) = (0, 0);
-    for (g, w) in got.chunks_exact(2).zip(want.chunks_exact(2)) {
-        let (g, w) = (
-            u16::from_le_bytes([g[0], g[1]]),
-            u16::from_le_bytes([w[0], w[1]]),
-        );
-        if g != w {
-            diff += 1;
-            if (g as i32 - w as i32).abs() != 1 {
-                far += 1;
-            }
-        }
-    }
-    (diff, far)
-}
-
-/// Counts of (differing, far-off) nibbles between two packed MXFP4 block strings; a nibble is
-/// one code step away when its sign agrees and its magnitude code differs by one, or both are
-/// the smallest non-zero code and zero.
-fn nibble_diffs(got: &[u8], want: &[u8]) -> (usize, usize) {
-    let (mut diff, mut far) = (0, 0);
-    for (&g, &w) in got.iter().zip(want) {
-        for shift in [0, 4] {
-            let (a, b) = ((g >> shift) & 0xF, (w >> shift) & 0xF);
-            if a == b {
-                continue;
-            }
-            diff += 1;
-            let (ma, mb) = (a & 7, b & 7);
-            let same_sign = (a & 8) == (b & 8) || ma == 0 || mb == 0;
-            if !(same_sign && (ma as i32 - mb as i32).abs() == 1) {
-                far += 1;
-            }
-        }
-    }
-    (diff, far)
 }
 
 #[test]

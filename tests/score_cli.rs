@@ -1,42 +1,15 @@
 //! `lora-qat score` end to end (the binary): parity with the golden logits/losses, packed inputs
 //! (`position_ids`), bad inputs with clear errors, and the no-overwrite rule.
 
+mod export_support;
 mod model_support;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use export_support::*;
 use model_support::*;
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-
-fn write_tensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(&str, TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path).unwrap();
-}
-
-fn i64_bytes(v: &[i64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// `input_ids` (and `labels` when asked) of the golden batch, written to `dir/name`.
-fn input_file(dir: &Path, name: &str, with_labels: bool) -> PathBuf {
-    let g = Golden::load();
-    let (ids, b, s) = g.ids("input_ids");
-    let (labels, _, _) = g.ids("labels");
-    let path = dir.join(name);
-    let mut t = vec![("input_ids", Dtype::I64, vec![b, s], i64_bytes(ids))];
-    if with_labels {
-        t.push(("labels", Dtype::I64, vec![b, s], i64_bytes(labels)));
-    }
-    write_tensors(&path, &t);
-    path
-}
 
 fn score(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lora-qat"))
@@ -52,29 +25,6 @@ fn base() -> String {
 
 fn adapter() -> String {
     fixture().join("adapter").display().to_string()
-}
-
-/// `(logits shape, logits, loss, metadata)` of a score output file.
-type ScoreOutput = (Vec<usize>, Vec<f32>, f32, Option<HashMap<String, String>>);
-
-fn read_output(path: &Path) -> ScoreOutput {
-    let bytes = std::fs::read(path).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
-        let v = st.tensor(name).unwrap();
-        assert_eq!(v.dtype(), Dtype::F32, "{name} dtype");
-        let vals = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        (v.shape().to_vec(), vals)
-    };
-    let (shape, logits) = f32s("logits");
-    let (loss_shape, loss) = f32s("loss");
-    assert_eq!(loss_shape, vec![1]);
-    (shape, logits, loss[0], meta.metadata().clone())
 }
 
 fn assert_ok(out: &Output) {

@@ -1,0 +1,343 @@
+//! `lora-qat merge-export` and `verify` end to end (the binary) on the tiny fixture: the export
+//! equals the reference export of transformers + PEFT (golden `export.*`) and the base elsewhere,
+//! `score` on it reproduces the golden merged logits; train = serve after a QAT run; several
+//! adapters; verify catches tampering; bad inputs leave nothing behind.
+
+mod export_support;
+mod model_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use adapters::LoraAdapter;
+use export_support::*;
+use model_support::*;
+use safetensors::SafeTensors;
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lora-qat"))
+        .env("LORA_QAT_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "succeeded");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn export(adapters: &[&Path], out: &Path, extra: &[&str]) -> Output {
+    let base = fixture().join("base");
+    let mut a = vec![
+        "merge-export",
+        "--base-path",
+        s(&base),
+        "--output-path",
+        s(out),
+    ];
+    for p in adapters {
+        a.extend(["--lora-path", s(p)]);
+    }
+    a.extend(extra);
+    bin(&a)
+}
+
+fn verify(export: &Path, adapters: &[&Path]) -> Output {
+    let base = fixture().join("base");
+    let mut a = vec!["verify", "--export", s(export), "--base-path", s(&base)];
+    for p in adapters {
+        a.extend(["--lora-path", s(p)]);
+    }
+    bin(&a)
+}
+
+/// Every tensor of a checkpoint directory: name -> (shard file, bytes), read with the
+/// `safetensors` crate (not lora-qat's reader).
+fn tensors(dir: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        for (t, v) in st.tensors() {
+            out.insert(t, (name.clone(), v.data().to_vec()));
+        }
+    }
+    out
+}
+
+fn score(base: &Path, adapter: Option<&Path>, input: &Path, out: &Path) -> ScoreOutput {
+    let mut a = vec![
+        "score",
+        "--base",
+        s(base),
+        "--input",
+        s(input),
+        "--out",
+        s(out),
+    ];
+    if let Some(ad) = adapter {
+        a.extend(["--adapter", s(ad), "--quant", "mxfp4"]);
+    }
+    ok(&bin(&a));
+    read_output(out)
+}
+
+#[test]
+fn fixture_export_equals_the_reference_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, adapter) = (fixture().join("base"), fixture().join("adapter"));
+    let out = dir.path().join("export");
+    ok(&export(&[&adapter], &out, &[]));
+
+    let golden_bytes = std::fs::read(fixture().join("golden.safetensors")).unwrap();
+    let golden = SafeTensors::deserialize(&golden_bytes).unwrap();
+    let (b, e) = (tensors(&base), tensors(&out));
+    assert_eq!(
+        b.keys().collect::<Vec<_>>(),
+        e.keys().collect::<Vec<_>>(),
+        "same tensors"
+    );
+    let (mut changed, mut same, mut nib, mut nib_diff, mut bf, mut bf_diff) = (0, 0, 0, 0, 0, 0);
+    for (name, (shard, want)) in &b {
+        let (got_shard, got) = &e[name];
+        assert_eq!(got_shard, shard, "{name}: same shard file as the base");
+        match golden.tensor(&format!("export.{name}")) {
+            Ok(g) if name.ends_with("_scales") => {
+                assert_eq!(got, g.data(), "{name}: scales identical to the reference");
+                changed += 1;
+            }
+            Ok(g) if name.ends_with("_blocks") => {
+                let (d, far) = nibble_diffs(got, g.data());
+                assert_eq!(far, 0, "{name}: nibbles more than one code step away");
+                (nib, nib_diff) = (nib + got.len() * 2, nib_diff + d);
+                changed += 1;
+            }
+            Ok(g) => {
+                let (d, far) = bf16_diffs(got, g.data());
+                assert_eq!(far, 0, "{name}: elements more than one bf16 ulp away");
+                (bf, bf_diff) = (bf + got.len() / 2, bf_diff + d);
+                changed += 1;
+            }
+            Err(_) => {
+                assert_eq!(got, want, "{name}: byte-identical to the base");
+                same += 1;
+            }
+        }
+    }
+    // golden.json: at most 1e-4 of the nibbles / bf16 elements one step away
+    assert!(
+        nib_diff as f64 <= 1e-4 * nib as f64,
+        "{nib_diff} of {nib} nibbles"
+    );
+    assert!(
+        bf_diff as f64 <= 1e-4 * bf as f64,
+        "{bf_diff} of {bf} bf16 elements"
+    );
+    assert_eq!(
+        changed, 28,
+        "16 attention weights and 6 expert block/scale pairs"
+    );
+    assert!(same > 0);
+    // side files copied, index mirrors the base, provenance written
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+    ] {
+        assert_eq!(
+            std::fs::read(base.join(f)).unwrap(),
+            std::fs::read(out.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let index = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("model.safetensors.index.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(index(&base)["weight_map"], index(&out)["weight_map"]);
+    assert_eq!(
+        index(&out)["metadata"]["total_size"],
+        index(&base)["metadata"]["total_size"]
+    );
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("lora_qat_export.json")).unwrap()).unwrap();
+    assert_eq!(prov["adapters"].as_array().unwrap().len(), 1);
+    assert_eq!(prov["tool"], "lora-qat");
+
+    let stderr = String::from_utf8_lossy(&verify(&out, &[&adapter]).stderr).into_owned();
+    assert!(stderr.contains("all 79 tensors match"), "{stderr}");
+    ok(&verify(&out, &[&adapter]));
+
+    // score on the export (no adapter) gives the reference's merged, deployed logits
+    let input = input_file(dir.path(), "ids.safetensors", true);
+    let (_, logits, loss, _) = score(&out, None, &input, &dir.path().join("s.safetensors"));
+    let g = Golden::load();
+    let diff = max_abs_diff(&logits, g.f32("logits_merged_deployed"));
+    assert!(
+        diff <= LOGITS_TOL,
+        "logits_merged_deployed: max abs diff {diff}"
+    );
+    let want = g.f32("loss_merged_deployed")[0];
+    assert!(
+        ((loss - want) / want).abs() <= LOSS_REL_TOL,
+        "{loss} vs {want}"
+    );
+
+    // existing output: refused without --overwrite, replaced with it
+    assert!(err(&export(&[&adapter], &out, &[])).contains("already exists"));
+    ok(&export(&[&adapter], &out, &["--overwrite"]));
+    ok(&verify(&out, &[&adapter]));
+}
+
+/// A short QAT run on the fixture; returns its output directory (the final adapter).
+fn train(dir: &Path) -> PathBuf {
+    let run = dir.join("run");
+    let (base, data) = (fixture().join("base"), fixture().join("data/train.jsonl"));
+    ok(&bin(&[
+        "train",
+        "--base",
+        s(&base),
+        "--data",
+        s(&data),
+        "--output-dir",
+        s(&run),
+        "--max-steps",
+        "8",
+        "--learning-rate",
+        "1e-2",
+        "--per-device-train-batch-size",
+        "4",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--chat-template-date",
+        "2026-01-01",
+        "--save-strategy",
+        "no",
+    ]));
+    run
+}
+
+#[test]
+fn train_equals_serve() {
+    use burn::backend::Flex;
+    use kernels::ops::{quantized_weight, BaseWeight, Quantizer};
+    use lora_qat::checkpoint::Checkpoint;
+    use lora_qat::model::GptOssForCausalLM;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = train(dir.path());
+    let base = fixture().join("base");
+    let out = dir.path().join("export");
+    ok(&export(&[&run], &out, &[]));
+    ok(&verify(&out, &[&run]));
+
+    // the served model (the export, no adapter) and the trained one (base + adapter, QAT forward)
+    let input = input_file(dir.path(), "ids.safetensors", true);
+    let (_, served, served_loss, _) = score(&out, None, &input, &dir.path().join("a.out"));
+    let (_, trained, trained_loss, _) = score(&base, Some(&run), &input, &dir.path().join("b.out"));
+    let diff = max_abs_diff(&served, &trained);
+    eprintln!(
+        "train = serve: max abs logit difference {diff:e}, loss {served_loss} vs {trained_loss}"
+    );
+    assert!(diff <= 1e-5, "max abs logit difference {diff}");
+
+    // the exported bytes decode to exactly the Wq the training op computes with, through the op's
+    // own code path (`quantized_weight` of the model's packed base and per-expert LoRA)
+    let dev = Default::default();
+    let ckpt = std::sync::Arc::new(Checkpoint::open(&base).unwrap());
+    let adapter = LoraAdapter::load(&run).unwrap();
+    let model = GptOssForCausalLM::<Flex>::from_checkpoint(ckpt.clone(), &dev)
+        .unwrap()
+        .with_adapter(&adapter, ckpt.config())
+        .unwrap();
+    let exported = Checkpoint::open(&out).unwrap();
+    let mut checked = 0;
+    for (l, layer) in model.model.layers.iter().enumerate() {
+        for (proj, p) in [
+            (
+                lora_qat::checkpoint::ExpertProj::GateUp,
+                &layer.mlp.experts.gate_up_proj,
+            ),
+            (
+                lora_qat::checkpoint::ExpertProj::Down,
+                &layer.mlp.experts.down_proj,
+            ),
+        ] {
+            let Some(lora) = &p.lora else { continue };
+            let packed = exported.experts(l, proj).unwrap();
+            for e in 0..packed.experts {
+                let base_w = BaseWeight::<Flex>::Packed(p.packed[e].clone());
+                let wq = quantized_weight(&base_w, Some(&lora.expert(e)), Quantizer::Mxfp4, &dev)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let mut served = vec![0f32; wq.len()];
+                kernels::mxfp4::dequantize(
+                    packed.expert_blocks(e),
+                    packed.expert_scales(e),
+                    &mut served,
+                )
+                .unwrap();
+                let same = wq
+                    .iter()
+                    .zip(&served)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "layer {l} {proj:?} expert {e}: exported bytes != trained Wq"
+                );
+                checked += 1;
+            }
+        }
+        let a = &layer.self_attn;
+        for (name, p) in [
+            ("q_proj", &a.q_proj),
+            ("k_proj", &a.k_proj),
+            ("v_proj", &a.v_proj),
+            ("o_proj", &a.o_proj),
+        ] {
+            let Some(lora) = &p.lora else { continue };
+            let base_w = BaseWeight::Dense(p.weight.val());
+            let wq = quantized_weight(&base_w, Some(&lora.as_lora()), Quantizer::Bf16, &dev)
+                .unwrap()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap();
+            let served = exported
+                .bf16_to_f32(&lora_qat::checkpoint::names::attn_weight(l, name))
+                .unwrap();
+            let same = wq
+                .iter()
+                .zip(&served)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "layer {l} {name}: exported bf16 != trained Wq");
+            checked += 1;
+        }
+    }
+    assert!(checked > 16, "{checked} weights checked");
+}
