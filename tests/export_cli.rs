@@ -341,3 +341,158 @@ fn train_equals_serve() {
     }
     assert!(checked > 16, "{checked} weights checked");
 }
+
+#[test]
+fn several_adapters_are_summed_and_verify_catches_any_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture().join("adapter");
+    let out = dir.path().join("twice");
+    ok(&export(&[&adapter, &adapter], &out, &[]));
+    ok(&verify(&out, &[&adapter, &adapter]));
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("lora_qat_export.json")).unwrap()).unwrap();
+    assert_eq!(prov["adapters"].as_array().unwrap().len(), 2);
+    // against one adapter only: the merged tensors differ, the copied ones still match
+    let o = verify(&out, &[&adapter]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(err(&o).contains("do not match"));
+    assert!(
+        stdout.contains("MISMATCH  merged     model.layers.0.self_attn.q_proj.weight"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok        copied     model.embed_tokens.weight"),
+        "{stdout}"
+    );
+
+    // one flipped byte in the last tensor of a shard is reported by name
+    let shard = out.join("model-00001-of-00001.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = {
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut t: Vec<_> = meta.tensors().into_iter().collect();
+        t.sort_by_key(|(_, info)| info.data_offsets.1);
+        t.last().unwrap().0.clone()
+    };
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x10;
+    std::fs::write(&shard, &bytes).unwrap();
+    let o = verify(&out, &[&adapter, &adapter]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(err(&o).contains("1 of 79 tensors do not match"));
+    assert!(
+        stdout.contains(&format!("MISMATCH  copied     {last}")),
+        "{last}: {stdout}"
+    );
+}
+
+/// A copy of the fixture adapter with its tensors changed by `edit(key, shape, values)`.
+fn edited_adapter(dir: &Path, edit: impl Fn(&str, &mut Vec<usize>, &mut Vec<f32>)) -> PathBuf {
+    let a = LoraAdapter::load(&fixture().join("adapter")).unwrap();
+    let parts: Vec<_> = a
+        .tensors()
+        .map(|(k, s, d)| {
+            let (mut s, mut d) = (s.to_vec(), d.to_vec());
+            edit(k, &mut s, &mut d);
+            (k.to_string(), s, d)
+        })
+        .collect();
+    let p = dir.join("edited");
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir(&p).unwrap();
+    std::fs::copy(
+        fixture().join("adapter/adapter_config.json"),
+        p.join("adapter_config.json"),
+    )
+    .unwrap();
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = parts
+        .into_iter()
+        .map(|(k, s, d)| (k, s, d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let t: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = owned
+        .iter()
+        .map(|(k, s, d)| (k.as_str(), safetensors::Dtype::F32, s.clone(), d.clone()))
+        .collect();
+    write_tensors(&p.join("adapter_model.safetensors"), &t);
+    p
+}
+
+/// Nothing at `out` and no temporary directory beside it.
+fn nothing_left(out: &Path) {
+    assert!(!out.exists(), "{} exists", out.display());
+    let parent = out.parent().unwrap();
+    if parent.is_dir() {
+        let partial: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(partial.is_empty(), "left behind: {partial:?}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture().join("base");
+    let adapter = fixture().join("adapter");
+    let out = dir.path().join("out").join("export");
+
+    // an adapter for another base (a shape that does not fit)
+    let bad = edited_adapter(dir.path(), |k, s, d| {
+        if k.contains("layers.0.self_attn.q_proj.lora_A") {
+            s[1] += 32;
+            d.extend(vec![0.0; s[0] * 32]);
+        }
+    });
+    let e = err(&export(&[&bad], &out, &[]));
+    assert!(e.contains("q_proj.lora_A") && e.contains("edited"), "{e}");
+    nothing_left(&out);
+
+    // a merged expert weight that is not finite
+    let huge = edited_adapter(dir.path(), |k, _, d| {
+        if k.contains("mlp.experts") {
+            d.iter_mut().for_each(|v| *v = 1e30);
+        }
+    });
+    let e = err(&export(&[&huge], &out, &[]));
+    assert!(
+        e.contains("mlp.experts") && e.contains("expert 0") && e.contains("non-finite"),
+        "{e}"
+    );
+    nothing_left(&out);
+
+    // the base itself, inside it, around it
+    assert!(err(&export(&[&adapter], &base, &[])).contains("base checkpoint itself"));
+    let inside = base.join("export");
+    assert!(err(&export(&[&adapter], &inside, &[])).contains("inside the base"));
+    assert!(!inside.exists());
+    assert!(err(&export(
+        &[&adapter],
+        base.parent().unwrap(),
+        &["--overwrite"]
+    ))
+    .contains("would delete the base"));
+
+    // an unwritable output (its parent is a file)
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = err(&export(&[&adapter], &file.join("export"), &[]));
+    assert!(e.contains("file"), "{e}");
+
+    // disk full: a 150 KB file size limit (SIGXFSZ ignored, so writes fail with EFBIG)
+    let cmd = format!(
+        "trap '' XFSZ; ulimit -f 300; exec '{}' merge-export --base-path '{}' --lora-path '{}' --output-path '{}'",
+        env!("CARGO_BIN_EXE_lora-qat"),
+        s(&base),
+        s(&adapter),
+        s(&out)
+    );
+    let o = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+    let e = err(&o);
+    assert!(
+        e.contains("File too large") || e.contains("os error 27"),
+        "{e}"
+    );
+    nothing_left(&out);
+}
