@@ -8,4 +8,5 @@ pub mod cli;
 pub mod data;
 pub mod export;
 pub mod model;
+pub mod quickstart;
 pub mod train;

@@ -11,6 +11,7 @@ mod json_fields;
 mod layout;
 pub mod names;
 mod open;
+mod random;
 pub mod report;
 mod scan;
 mod shard;

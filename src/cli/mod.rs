@@ -4,6 +4,7 @@ pub mod data_args;
 pub mod export;
 pub mod inspect;
 pub mod prepare;
+pub mod quickstart;
 pub mod score;
 pub mod train;
 
@@ -34,6 +35,8 @@ pub enum Command {
     MergeExport(export::MergeExportArgs),
     /// Check an export against the base and the adapters, tensor by tensor.
     Verify(export::VerifyArgs),
+    /// The embedded default: a tiny random gpt-oss, trained briefly, merge-exported and verified.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 impl Cli {
@@ -45,6 +48,7 @@ impl Cli {
             Command::Train(args) => train::run(&args),
             Command::MergeExport(args) => export::run_merge_export(&args),
             Command::Verify(args) => export::run_verify(&args),
+            Command::Quickstart(args) => quickstart::run(&args),
         }
     }
 }

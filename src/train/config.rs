@@ -412,21 +412,23 @@ impl TrainConfig {
     pub fn apply_recipe(&mut self, path: &Path) -> Result<Vec<String>> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read recipe {}", path.display()))?;
-        let value: Value = serde_yaml_ng::from_str(&text)
-            .with_context(|| format!("{}: not valid YAML", path.display()))?;
+        self.apply_recipe_str(&text, &path.display().to_string())
+    }
+
+    /// [`apply_recipe`](Self::apply_recipe) on the recipe's text; `origin` names it in errors.
+    pub fn apply_recipe_str(&mut self, text: &str, origin: &str) -> Result<Vec<String>> {
+        let value: Value =
+            serde_yaml_ng::from_str(text).with_context(|| format!("{origin}: not valid YAML"))?;
         let map = match value {
             Value::Object(m) => m,
             Value::Null => return Ok(Vec::new()),
-            _ => bail!(
-                "{}: a recipe is a mapping of keys to values",
-                path.display()
-            ),
+            _ => bail!("{origin}: a recipe is a mapping of keys to values"),
         };
         let mut unknown = Vec::new();
         for (k, v) in &map {
             let known = self
                 .set(k, v)
-                .with_context(|| format!("recipe {}: key `{k}`", path.display()))?;
+                .with_context(|| format!("recipe {origin}: key `{k}`"))?;
             if !known {
                 unknown.push(k.clone());
             }
