@@ -498,3 +498,61 @@ fn bad_inputs_are_refused_and_leave_nothing() {
     );
     nothing_left(&out);
 }
+
+#[test]
+fn bf16_export_holds_the_deployed_experts_dequantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture().join("adapter");
+    let (mx, bf) = (dir.path().join("mxfp4"), dir.path().join("bf16"));
+    ok(&export(&[&adapter], &mx, &[]));
+    ok(&export(&[&adapter], &bf, &["--dtype", "bf16"]));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bf.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.get("quantization_config").is_none());
+    assert_eq!(cfg["hidden_size"], 64);
+
+    let (m, b) = (tensors(&mx), tensors(&bf));
+    let (experts, rows_gu, hidden) = (8, 2 * 96, 64);
+    let mut converted = 0;
+    for (name, (shard, bytes)) in &m {
+        let Some(stem) = name.strip_suffix("_blocks") else {
+            if name.ends_with("_scales") {
+                assert!(!b.contains_key(name), "{name} is gone");
+            } else {
+                assert_eq!(
+                    &b[name],
+                    &(shard.clone(), bytes.clone()),
+                    "{name} unchanged"
+                );
+            }
+            continue;
+        };
+        let scales = &m[&format!("{stem}_scales")].1;
+        let (rows, cols) = if stem.ends_with("gate_up_proj") {
+            (rows_gu, hidden)
+        } else {
+            (hidden, 96)
+        };
+        let mut w = vec![0f32; experts * rows * cols];
+        kernels::mxfp4::dequantize(bytes, scales, &mut w).unwrap();
+        let (got_shard, got) = &b[stem];
+        assert_eq!(got_shard, shard, "{stem} takes the blocks' shard");
+        assert_eq!(got.len(), w.len() * 2);
+        for e in 0..experts {
+            for r in 0..rows {
+                for c in 0..cols {
+                    let i = (e * cols + c) * rows + r; // [E, in, out]
+                    let v = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
+                    let want = w[(e * rows + r) * cols + c];
+                    assert_eq!(
+                        f32::from_bits((v as u32) << 16).to_bits(),
+                        want.to_bits(),
+                        "{stem}[{e}, {c}, {r}]"
+                    );
+                }
+            }
+        }
+        converted += 1;
+    }
+    assert_eq!(converted, 8, "both projections of all 4 layers");
+}
