@@ -199,3 +199,82 @@ fn no_partial_output_on_error() {
         "temporary files left behind"
     );
 }
+
+/// A planned shard (header first, data written once) gives the same files as the assembled one,
+/// and refuses tensors off its plan or a plan left unfinished.
+#[test]
+fn planned_shards_equal_assembled_ones_and_keep_to_their_plan() {
+    let base = Checkpoint::open(&fixture()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |out: &Path, planned: bool| {
+        let mut w = ShardedWriter::create(out, WriterOptions::default()).unwrap();
+        for shard in base.layout() {
+            if planned {
+                let plan: Vec<_> = shard
+                    .tensors
+                    .iter()
+                    .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+                    .collect();
+                w.start_planned_shard(&shard.file_name, &plan).unwrap();
+            } else {
+                w.start_shard(&shard.file_name).unwrap();
+            }
+            for t in &shard.tensors {
+                w.add_tensor(
+                    &t.name,
+                    t.dtype,
+                    &t.shape,
+                    base.tensor(&t.name).unwrap().bytes,
+                )
+                .unwrap();
+            }
+        }
+        w.finish().unwrap();
+    };
+    let (a, b) = (tmp.path().join("assembled"), tmp.path().join("planned"));
+    write(&a, false);
+    write(&b, true);
+    for shard in base.layout() {
+        assert_eq!(
+            std::fs::read(a.join(&shard.file_name)).unwrap(),
+            std::fs::read(b.join(&shard.file_name)).unwrap(),
+            "{}",
+            shard.file_name
+        );
+    }
+
+    let layout = base.layout();
+    let first = &layout[0];
+    let plan: Vec<_> = first
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+        .collect();
+    let out = tmp.path().join("bad");
+    let mut w = ShardedWriter::create(&out, WriterOptions::default()).unwrap();
+    w.start_planned_shard(&first.file_name, &plan).unwrap();
+    let second = &first.tensors[1];
+    let e = w
+        .add_tensor(
+            &second.name,
+            second.dtype,
+            &second.shape,
+            base.tensor(&second.name).unwrap().bytes,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("plan has"), "{e}");
+    let t0 = &first.tensors[0];
+    w.add_tensor(
+        &t0.name,
+        t0.dtype,
+        &t0.shape,
+        base.tensor(&t0.name).unwrap().bytes,
+    )
+    .unwrap();
+    let e = w.finish().unwrap_err();
+    assert!(
+        format!("{e:#}").contains("planned tensors were written"),
+        "{e:#}"
+    );
+    assert!(!out.exists());
+}

@@ -18,7 +18,7 @@ use super::paths::check_output_path;
 use super::provenance::provenance;
 use super::set::{MergeSet, Role};
 use crate::checkpoint::writer::{ShardedWriter, WriterOptions};
-use crate::checkpoint::{names, Checkpoint, Dtype, INDEX_FILE};
+use crate::checkpoint::{names, Checkpoint, Dtype, ShardLayout, INDEX_FILE, MXFP4_BLOCK};
 
 /// The dtype of the exported experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,7 +99,7 @@ pub fn merge_export(
     let mut stash: HashMap<String, Vec<u8>> = HashMap::new();
     for shard in &layout {
         if base.is_sharded() {
-            writer.start_shard(&shard.file_name)?;
+            writer.start_planned_shard(&shard.file_name, &plan(shard, &set, layers, bf16))?;
         }
         for t in &shard.tensors {
             let name = t.name.as_str();
@@ -167,6 +167,29 @@ pub fn merge_export(
         bytes,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The tensors the export writes for a base shard, in order: the base's, except that a BF16
+/// export replaces each expert `_blocks`/`_scales` pair by one `[E, in, out]` BF16 tensor.
+fn plan(
+    shard: &ShardLayout,
+    set: &MergeSet,
+    layers: usize,
+    bf16: bool,
+) -> Vec<(String, Dtype, Vec<usize>)> {
+    let mut out = Vec::with_capacity(shard.tensors.len());
+    for t in &shard.tensors {
+        match (bf16, set.role(&t.name, layers, bf16)) {
+            (true, Role::ExpertBlocks(l, p)) => {
+                let (e, rows, cols) = (t.shape[0], t.shape[1], t.shape[2] * MXFP4_BLOCK);
+                let stem = format!("{}.{}", names::experts(l), p.stem());
+                out.push((stem, Dtype::BF16, vec![e, cols, rows]));
+            }
+            (true, Role::ExpertScales(..)) => {}
+            _ => out.push((t.name.clone(), t.dtype, t.shape.clone())),
+        }
+    }
+    out
 }
 
 /// Streams the deployed blocks of every expert, batch by batch; the scales are collected.

@@ -13,8 +13,7 @@
 //! when [`WriterOptions::overwrite`] is set.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +21,10 @@ use safetensors::Dtype;
 
 use super::index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
 use super::shard::byte_size;
-use super::st_header::{header_bytes, CountingWriter, HeaderItem};
+use super::st_header::{CountingWriter, HeaderItem};
+
+mod shard;
+use shard::{rollback, OpenShard};
 
 /// Options of a [`ShardedWriter`].
 #[derive(Debug, Clone)]
@@ -57,16 +59,6 @@ pub struct WriteSummary {
     pub tensors: usize,
     /// Bytes of tensor data (the index's `total_size`).
     pub data_bytes: u64,
-}
-
-struct OpenShard {
-    /// Final name (explicit) or `None` (automatic, named at `finish`).
-    name: Option<String>,
-    temp_name: String,
-    data_path: PathBuf,
-    data: BufWriter<File>,
-    items: Vec<HeaderItem>,
-    size: u64,
 }
 
 /// Writes a sharded safetensors checkpoint atomically; see the module docs.
@@ -201,6 +193,18 @@ impl ShardedWriter {
         }
         let shard_no = self.closed.len();
         let shard = self.current.as_mut().expect("a shard is open");
+        if let Some(plan) = &shard.plan {
+            match plan.get(shard.items.len()) {
+                Some(p) if p.name == name && p.dtype == dtype && p.shape == shape => {}
+                Some(p) => bail!(
+                    "tensor `{name}` {dtype:?} {shape:?} added where the shard's plan has `{}` {:?} {:?}",
+                    p.name,
+                    p.dtype,
+                    p.shape
+                ),
+                None => bail!("tensor `{name}` added beyond the shard's plan"),
+            }
+        }
         let mut counter = CountingWriter {
             inner: &mut shard.data,
             n: 0,
@@ -346,68 +350,6 @@ impl ShardedWriter {
         }
         Ok(())
     }
-
-    fn open_shard(&mut self, name: Option<String>) -> Result<()> {
-        let temp_name = match &name {
-            Some(n) => n.clone(),
-            None => format!(".shard-{:05}.safetensors", self.closed.len()),
-        };
-        let data_path = self
-            .tmp
-            .join(format!(".shard-{:05}.data", self.closed.len()));
-        let file = File::create(&data_path)
-            .with_context(|| format!("cannot create {}", data_path.display()))?;
-        self.current = Some(OpenShard {
-            name,
-            temp_name,
-            data_path,
-            data: BufWriter::with_capacity(1 << 20, file),
-            items: Vec::new(),
-            size: 0,
-        });
-        Ok(())
-    }
-
-    fn close_current(&mut self) -> Result<()> {
-        let Some(shard) = self.current.take() else {
-            return Ok(());
-        };
-        let OpenShard {
-            name,
-            temp_name,
-            data_path,
-            data,
-            items,
-            ..
-        } = shard;
-        data.into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot flush {}", data_path.display()))?;
-        let path = self.tmp.join(&temp_name);
-        let mut out =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        let header = header_bytes(&items, &self.opts.metadata)?;
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        let mut src = File::open(&data_path)?;
-        std::io::copy(&mut src, &mut out)
-            .with_context(|| format!("cannot assemble shard {}", path.display()))?;
-        out.sync_all()
-            .with_context(|| format!("cannot sync {}", path.display()))?;
-        std::fs::remove_file(&data_path)?;
-        self.closed.push((name, temp_name));
-        Ok(())
-    }
-}
-
-/// Truncates the shard's data file back to the bytes of its complete tensors.
-fn rollback(shard: &mut OpenShard) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    shard.data.flush()?;
-    let file = shard.data.get_mut();
-    file.set_len(shard.size)?;
-    file.seek(SeekFrom::Start(shard.size))?;
-    Ok(())
 }
 
 impl Drop for ShardedWriter {
