@@ -68,3 +68,25 @@ impl Checkpoint {
         };
     }
 }
+
+impl Checkpoint {
+    /// [`release`](Self::release) for a sub-slice of a tensor's bytes (e.g. one expert's blocks,
+    /// once it has been used). Slices that are not inside a map are ignored.
+    pub fn release_bytes(&self, bytes: &[u8]) {
+        let start = bytes.as_ptr() as usize;
+        for s in &self.shards {
+            let base = s.mmap.as_ptr() as usize;
+            if (base..base + s.mmap.len()).contains(&start) {
+                // SAFETY: as in `release`: a read-only file mapping, reloaded on the next access.
+                let _ = unsafe {
+                    s.mmap.unchecked_advise_range(
+                        UncheckedAdvice::DontNeed,
+                        start - base,
+                        bytes.len(),
+                    )
+                };
+                return;
+            }
+        }
+    }
+}

@@ -59,6 +59,8 @@ pub struct ExpertsJob<'a> {
     pub packed: PackedExperts<'a>,
     /// The stacked LoRAs, in merge order.
     pub loras: Vec<adapters::ExpertLora<'a>>,
+    /// The base (its mapped pages are released expert by expert).
+    base: &'a Checkpoint,
 }
 
 impl<'a> ExpertsJob<'a> {
@@ -68,6 +70,7 @@ impl<'a> ExpertsJob<'a> {
             name: names::expert_blocks(l, p.stem()),
             packed: base.experts(l, p)?,
             loras: set.experts(l, p),
+            base,
         })
     }
 
@@ -81,12 +84,22 @@ impl<'a> ExpertsJob<'a> {
 
     /// Expert `e` dequantized from the base, merged and quantized: `(blocks, scales)`.
     pub fn expert(&self, e: usize) -> Result<(Vec<u8>, Vec<u8>)> {
+        // one f32 working buffer per thread, reused from expert to expert (no fresh pages)
+        thread_local! {
+            static WORK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        WORK.with_borrow_mut(|w| {
+            w.resize(self.packed.rows * self.packed.cols, 0.0);
+            self.expert_in(e, w)
+        })
+    }
+
+    fn expert_in(&self, e: usize, w: &mut [f32]) -> Result<(Vec<u8>, Vec<u8>)> {
         let (rows, cols) = (self.packed.rows, self.packed.cols);
-        let mut w = vec![0f32; rows * cols];
         mxfp4::dequantize(
             self.packed.expert_blocks(e),
             self.packed.expert_scales(e),
-            &mut w,
+            w,
         )
         .with_context(|| format!("{}: expert {e}", self.name))?;
         let bs: Vec<Vec<f32>> = self.loras.iter().map(|l| l.expert_b(e)).collect();
@@ -101,15 +114,24 @@ impl<'a> ExpertsJob<'a> {
                 scale: l.scale,
             })
             .collect();
-        match deploy(&mut w, [rows, cols], &host, Quantizer::Mxfp4) {
+        match deploy(w, [rows, cols], &host, Quantizer::Mxfp4) {
             Ok(Deployed::Mxfp4 { blocks, scales }) => Ok((blocks, scales)),
             Ok(_) => unreachable!("an MXFP4 quantizer gives blocks and scales"),
             Err(err) => Err(non_finite(err, &self.name, Some(e), cols)),
         }
     }
 
-    /// Experts `range`, in parallel, in order.
+    /// Experts `range`, in parallel, in order; their base pages are released afterwards.
     pub fn experts(&self, range: std::ops::Range<usize>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        range.into_par_iter().map(|e| self.expert(e)).collect()
+        let out = range
+            .clone()
+            .into_par_iter()
+            .map(|e| self.expert(e))
+            .collect();
+        for e in range {
+            self.base.release_bytes(self.packed.expert_blocks(e));
+            self.base.release_bytes(self.packed.expert_scales(e));
+        }
+        out
     }
 }

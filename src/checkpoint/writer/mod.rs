@@ -23,6 +23,7 @@ use super::index::{check_file_name, ShardIndex, INDEX_FILE, SINGLE_FILE};
 use super::shard::byte_size;
 use super::st_header::{CountingWriter, HeaderItem};
 
+mod direct;
 mod shard;
 use shard::{rollback, OpenShard};
 

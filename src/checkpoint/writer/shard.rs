@@ -8,22 +8,45 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use safetensors::Dtype;
 
+use super::direct::DirectFile;
 use super::ShardedWriter;
 use crate::checkpoint::shard::byte_size;
 use crate::checkpoint::st_header::{header_bytes, HeaderItem};
+
+/// Where a shard's bytes go: a buffered data file (assembled at close) or, for a planned shard,
+/// the shard file itself, written once around the page cache.
+pub(super) enum Sink {
+    Buffered(BufWriter<File>),
+    Direct(DirectFile),
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Buffered(w) => w.write(data),
+            Self::Direct(w) => w.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Buffered(w) => w.flush(),
+            Self::Direct(w) => w.flush(),
+        }
+    }
+}
 
 pub(super) struct OpenShard {
     /// Final name (explicit) or `None` (automatic, named at `finish`).
     pub(super) name: Option<String>,
     pub(super) temp_name: String,
     pub(super) data_path: PathBuf,
-    pub(super) data: BufWriter<File>,
+    pub(super) data: Sink,
     pub(super) items: Vec<HeaderItem>,
     pub(super) size: u64,
     /// Declared tensors of a planned shard: its header is already written and the data goes
-    /// straight into the shard file, starting at byte `data_start`.
+    /// straight into the shard file.
     pub(super) plan: Option<Vec<HeaderItem>>,
-    pub(super) data_start: u64,
 }
 
 impl ShardedWriter {
@@ -56,14 +79,13 @@ impl ShardedWriter {
         let header = header_bytes(&items, &self.opts.metadata)?;
         let shard = self.current.as_mut().expect("start_shard opened a shard");
         let path = self.tmp.join(&shard.temp_name);
-        let mut file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut file = DirectFile::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
         std::fs::remove_file(&shard.data_path)?;
         shard.data_path = path;
-        shard.data = BufWriter::with_capacity(1 << 20, file);
-        shard.data_start = 8 + header.len() as u64;
+        shard.data = Sink::Direct(file);
         shard.plan = Some(items);
         Ok(())
     }
@@ -82,11 +104,10 @@ impl ShardedWriter {
             name,
             temp_name,
             data_path,
-            data: BufWriter::with_capacity(1 << 20, file),
+            data: Sink::Buffered(BufWriter::with_capacity(1 << 20, file)),
             items: Vec::new(),
             size: 0,
             plan: None,
-            data_start: 0,
         });
         Ok(())
     }
@@ -104,10 +125,6 @@ impl ShardedWriter {
             plan,
             ..
         } = shard;
-        let file = data
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot flush {}", data_path.display()))?;
         if let Some(plan) = plan {
             if items.len() != plan.len() {
                 self.poisoned = true;
@@ -117,11 +134,20 @@ impl ShardedWriter {
                     plan.len()
                 );
             }
-            file.sync_all()
-                .with_context(|| format!("cannot sync {}", data_path.display()))?;
+            let Sink::Direct(file) = data else {
+                unreachable!("a planned shard writes through a DirectFile")
+            };
+            file.finish()
+                .with_context(|| format!("cannot write {}", data_path.display()))?;
             self.closed.push((name, temp_name));
             return Ok(());
         }
+        let Sink::Buffered(data) = data else {
+            unreachable!("an assembled shard writes through a buffered data file")
+        };
+        data.into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot flush {}", data_path.display()))?;
         let path = self.tmp.join(&temp_name);
         let mut out =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
@@ -139,12 +165,18 @@ impl ShardedWriter {
     }
 }
 
-/// Truncates the shard's data file back to the bytes of its complete tensors.
+/// Truncates the shard's data file back to the bytes of its complete tensors (a planned shard
+/// cannot: its plan is broken anyway, and the writer is poisoned).
 pub(super) fn rollback(shard: &mut OpenShard) -> std::io::Result<()> {
     use std::io::{Seek, SeekFrom};
-    shard.data.flush()?;
-    let end = shard.data_start + shard.size;
-    let file = shard.data.get_mut();
+    let Sink::Buffered(data) = &mut shard.data else {
+        return Err(std::io::Error::other(
+            "a planned shard cannot drop a partial tensor",
+        ));
+    };
+    data.flush()?;
+    let end = shard.size;
+    let file = data.get_mut();
     file.set_len(end)?;
     file.seek(SeekFrom::Start(end))?;
     Ok(())
