@@ -7,11 +7,11 @@ use anyhow::{bail, Result};
 use crate::checkpoint::resolve_model;
 use crate::export::{merge_export, verify, ExportDtype, ExportOptions};
 
-/// Arguments of `lora-qat merge-export`.
+/// The base and the adapters of a merge (shared by `merge-export` and `verify`).
 #[derive(Debug, clap::Args)]
-pub struct MergeExportArgs {
+pub struct MergeSources {
     /// PEFT adapter directory; repeat to merge several (deltas summed in f32 in the order given,
-    /// then one quantization).
+    /// then one quantization). `verify` takes the same adapters in the same order.
     #[arg(
         long = "lora-path",
         alias = "lora_path",
@@ -22,6 +22,13 @@ pub struct MergeExportArgs {
     /// Base checkpoint: a local directory or a hub repo id (resolved in the Hugging Face cache).
     #[arg(long = "base-path", alias = "base_path", alias = "base")]
     pub base_path: String,
+}
+
+/// Arguments of `lora-qat merge-export`.
+#[derive(Debug, clap::Args)]
+pub struct MergeExportArgs {
+    #[command(flatten)]
+    pub sources: MergeSources,
     /// Output directory (written beside it under a temporary name, then renamed).
     #[arg(long = "output-path", alias = "output_path", alias = "output-dir")]
     pub output_path: PathBuf,
@@ -39,7 +46,7 @@ pub struct MergeExportArgs {
 
 /// Runs `merge-export`.
 pub fn run_merge_export(args: &MergeExportArgs) -> Result<()> {
-    let base = resolve_model(&args.base_path)?;
+    let base = resolve_model(&args.sources.base_path)?;
     let opts = ExportOptions {
         dtype: match args.dtype.as_str() {
             "bf16" => ExportDtype::Bf16,
@@ -48,7 +55,7 @@ pub fn run_merge_export(args: &MergeExportArgs) -> Result<()> {
         overwrite: args.overwrite,
         progress: !args.json,
     };
-    let s = merge_export(&base, &args.lora_path, &args.output_path, &opts)?;
+    let s = merge_export(&base, &args.sources.lora_path, &args.output_path, &opts)?;
     if args.json {
         let v = serde_json::json!({
             "output": s.dir.display().to_string(),
@@ -79,17 +86,9 @@ pub struct VerifyArgs {
     /// The exported checkpoint to check.
     #[arg(long)]
     pub export: PathBuf,
-    /// The base it was exported from (a directory or a hub repo id).
-    #[arg(long = "base-path", alias = "base_path", alias = "base")]
-    pub base_path: String,
-    /// The adapters merged into it, in the same order.
-    #[arg(
-        long = "lora-path",
-        alias = "lora_path",
-        alias = "adapter",
-        required = true
-    )]
-    pub lora_path: Vec<PathBuf>,
+    /// The base it was exported from and the adapters merged into it.
+    #[command(flatten)]
+    pub sources: MergeSources,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -97,8 +96,8 @@ pub struct VerifyArgs {
 
 /// Runs `verify`: a line per tensor, then the verdict; fails on any mismatch.
 pub fn run_verify(args: &VerifyArgs) -> Result<()> {
-    let base = resolve_model(&args.base_path)?;
-    let report = verify(&args.export, &base, &args.lora_path)?;
+    let base = resolve_model(&args.sources.base_path)?;
+    let report = verify(&args.export, &base, &args.sources.lora_path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
