@@ -4,6 +4,8 @@
 //! the frozen bases and the offsets; each `Wq_e` is recomputed in backward, one at a time, and
 //! only when `x` needs a gradient.
 
+use std::sync::Arc;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -16,6 +18,7 @@ use burn::tensor::Tensor;
 use super::autodiff::{grad_a, grad_b, grad_input, unwrap, wrap};
 use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
 use super::linear::LoraLinearBackend;
+use super::quant::deployed_packed;
 use super::weight::{BaseWeight, Quantizer};
 use crate::mxfp4::CodecError;
 
@@ -72,7 +75,10 @@ struct GroupedState<B: Backend> {
     x: Option<NodeId>,
     a: Option<NodeId>,
     b: Option<NodeId>,
+    /// The base weights, or (`deployed`) each expert's deployed `MXFP4(W + s·B·A)`, packed,
+    /// built once in forward for `dx` in backward.
     bases: Vec<BaseWeight<B>>,
+    deployed: bool,
     offsets: Vec<usize>,
     quant: Quantizer,
     scale: f32,
@@ -106,7 +112,11 @@ impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
         let (rank, s) = (st.rank, st.scale);
         let ranges: Vec<_> = st.offsets.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
 
-        if let (Some(node), Some(a), Some(b)) = (x_node, &a, &b) {
+        if let (Some(node), true) = (&x_node, st.deployed) {
+            // dx = dy · Wq_e, Wq_e decoded from the packed weights the forward computed with
+            let dx = grad_x(&dy, &st.bases, None, &st.offsets, Quantizer::None);
+            grads.register::<B>(node.id, dx);
+        } else if let (Some(node), Some(a), Some(b)) = (x_node, &a, &b) {
             let lora = GroupedLora {
                 a: a.clone(),
                 b: b.clone(),
@@ -144,6 +154,27 @@ impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
             grads.register::<B>(node.id, unwrap(db));
         }
     }
+}
+
+/// Each expert's deployed `MXFP4(W_e + s·B_e·A_e)` as a packed base (experts without rows keep
+/// their base: no row ever reads it).
+fn deployed_bases<B: Backend>(
+    bases: &[BaseWeight<B>],
+    lora: &GroupedLora<B>,
+    rank: usize,
+    offsets: &[usize],
+) -> Result<Vec<BaseWeight<B>>, CodecError> {
+    bases
+        .iter()
+        .enumerate()
+        .map(|(e, base)| {
+            if offsets[e + 1] == offsets[e] {
+                return Ok(base.clone());
+            }
+            let packed = deployed_packed(base, Some(&lora.expert(e, rank)))?;
+            Ok(BaseWeight::Packed(Arc::new(packed)))
+        })
+        .collect()
 }
 
 /// `Tensor::cat(parts, dim)`, or zeros of `empty` when there are no parts (no experts).
@@ -194,15 +225,34 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
 
         let a = lora.a.clone().into_primitive().tensor();
         let b = lora.b.clone().into_primitive().tensor();
-        let y = B::grouped_lora_linear(
-            x.primitive.clone(),
-            &bases_inner,
-            bias,
-            Some(&lora.inner()),
-            offsets,
-            quant,
-        )?;
         let (x_tracked, a_tracked, b_tracked) = (x.is_tracked(), a.is_tracked(), b.is_tracked());
+        // MXFP4 QAT with `dx` wanted: each expert's deployed weight is built once, kept packed,
+        // used here and again in backward (instead of merging and quantizing a second time)
+        let deployed = quant == Quantizer::Mxfp4 && x_tracked && (a_tracked || b_tracked);
+        let lora_inner = lora.inner();
+        let (bases_inner, y) = if deployed {
+            let rank = rank_of(Some(lora), bases.len());
+            let packed = deployed_bases(&bases_inner, &lora_inner, rank, offsets)?;
+            let y = B::grouped_lora_linear(
+                x.primitive.clone(),
+                &packed,
+                bias,
+                None,
+                offsets,
+                Quantizer::None,
+            )?;
+            (packed, y)
+        } else {
+            let y = B::grouped_lora_linear(
+                x.primitive.clone(),
+                &bases_inner,
+                bias,
+                Some(&lora_inner),
+                offsets,
+                quant,
+            )?;
+            (bases_inner, y)
+        };
         let prep = GroupedLoraBackward
             .prepare::<C>([x.node.clone(), a.node.clone(), b.node.clone()])
             .compute_bound()
@@ -215,6 +265,7 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
                     b: (x_tracked || a_tracked).then(|| prep.checkpoint(&b)),
                     rank: rank_of(Some(lora), bases.len()),
                     bases: bases_inner,
+                    deployed,
                     offsets: offsets.to_vec(),
                     quant,
                     scale: lora.scale,

@@ -6,8 +6,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::weight::{BaseWeight, Lora, Quantizer};
-use crate::deploy::{deploy, HostLora};
+use super::weight::{BaseWeight, Lora, OwnedPacked, Quantizer};
+use crate::deploy::{deploy, Deployed, HostLora};
 use crate::mxfp4::CodecError;
 
 /// `W + s·B·A` (or `W` without LoRA) as a tensor on `device`. Under autodiff the LoRA part is
@@ -24,18 +24,13 @@ pub fn merged_weight<B: Backend>(
     })
 }
 
-/// `Wq = Q(W + s·B·A)` on `device`, untracked. For `Bf16`/`Mxfp4` the weight is [`deploy`]ed
-/// on the host and decoded back (what export writes, bit for bit); `None` stays on the device
-/// (`W + (B·A)·s` in burn ops).
-pub fn quantized_weight<B: Backend>(
+/// The deployed form of `Q(W + s·B·A)` and the host values it was made from: `values` holds
+/// the merged weight afterwards, `dtype` is a dense base's dtype (`None` for a packed base).
+fn deploy_host<B: Backend>(
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
     quant: Quantizer,
-    device: &B::Device,
-) -> Result<Tensor<B, 2>, CodecError> {
-    if quant == Quantizer::None {
-        return merged_weight(base, lora, device);
-    }
+) -> Result<(Vec<f32>, Option<DType>, Deployed), CodecError> {
     let shape = base.shape();
     let (mut values, dtype) = match base {
         BaseWeight::Dense(w) => {
@@ -58,12 +53,43 @@ pub fn quantized_weight<B: Backend>(
         }],
         _ => Vec::new(),
     };
-    deploy(&mut values, shape, &host, quant)?.decode_into(&mut values)?;
-    let data = TensorData::new(values, shape);
+    let deployed = deploy(&mut values, shape, &host, quant)?;
+    Ok((values, dtype, deployed))
+}
+
+/// `Wq = Q(W + s·B·A)` on `device`, untracked. For `Bf16`/`Mxfp4` the weight is [`deploy`]ed
+/// on the host and decoded back (what export writes, bit for bit); `None` stays on the device
+/// (`W + (B·A)·s` in burn ops).
+pub fn quantized_weight<B: Backend>(
+    base: &BaseWeight<B>,
+    lora: Option<&Lora<B>>,
+    quant: Quantizer,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>, CodecError> {
+    if quant == Quantizer::None {
+        return merged_weight(base, lora, device);
+    }
+    let (mut values, dtype, deployed) = deploy_host(base, lora, quant)?;
+    deployed.decode_into(&mut values)?;
+    let data = TensorData::new(values, base.shape());
     Ok(match dtype {
         Some(dtype) => Tensor::from_data(data, (device, dtype)),
         None => Tensor::from_data(data, device),
     })
+}
+
+/// `MXFP4(W + s·B·A)` kept packed (the bytes export writes): a base weight whose plain decode
+/// (`Quantizer::None`, no LoRA) is exactly the `Wq` of [`quantized_weight`] with `Mxfp4`.
+pub fn deployed_packed<B: Backend>(
+    base: &BaseWeight<B>,
+    lora: Option<&Lora<B>>,
+) -> Result<OwnedPacked, CodecError> {
+    match deploy_host(base, lora, Quantizer::Mxfp4)? {
+        (_, _, Deployed::Mxfp4 { blocks, scales }) => {
+            OwnedPacked::new(base.shape(), blocks, scales)
+        }
+        _ => unreachable!("an MXFP4 quantizer gives blocks and scales"),
+    }
 }
 
 /// The values of a tensor as host f32, with its dtype.
