@@ -16,6 +16,13 @@ impl LoraAdapter {
     /// (logged, and listed by [`LoraAdapter::source_dtypes`]). Checks the config is supported and the
     /// tensors are consistent with it; [`LoraAdapter::validate`] checks them against a base model.
     pub fn load(dir: &Path) -> Result<Self, AdapterError> {
+        Self::load_where(dir, |_| true)
+    }
+
+    /// [`load`](Self::load) keeping only the tensors whose key `keep` accepts (both factors of a
+    /// module must be kept together), e.g. one layer's: a pass over a large model can hold one
+    /// layer's factors at a time. Only the kept tensors are read.
+    pub fn load_where(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Self, AdapterError> {
         let config = AdapterConfig::read(&dir.join(CONFIG_FILE))?;
         let path = dir.join(WEIGHTS_FILE);
         if !path.is_file() {
@@ -40,6 +47,9 @@ impl LoraAdapter {
         let mut tensors = BTreeMap::new();
         let mut dtypes: Vec<String> = Vec::new();
         for (key, view) in st.tensors() {
+            if !keep(&key) {
+                continue;
+            }
             let bytes = view.data();
             let data: Vec<f32> = match view.dtype() {
                 Dtype::F32 => bytes

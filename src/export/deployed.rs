@@ -9,7 +9,7 @@ use kernels::mxfp4::{self, CodecError};
 use kernels::ops::Quantizer;
 use rayon::prelude::*;
 
-use super::set::MergeSet;
+use super::set::LayerLoras;
 use crate::checkpoint::{names, Checkpoint, ExpertProj, PackedExperts};
 
 /// f32 working memory allowed for one batch of experts (each expert's merged weight is f32).
@@ -33,18 +33,13 @@ fn non_finite(err: CodecError, tensor: &str, expert: Option<usize>, cols: usize)
     }
 }
 
-/// `bf16(W + Σ s·B·A)` of attention projection `p` of layer `l` as BF16 bytes.
-pub fn attention_bytes(
-    base: &Checkpoint,
-    set: &MergeSet,
-    l: usize,
-    p: AttnProj,
-) -> Result<Vec<u8>> {
-    let name = names::attn_weight(l, p.name());
+/// `bf16(W + Σ s·B·A)` of attention projection `p` of `loras.layer` as BF16 bytes.
+pub fn attention_bytes(base: &Checkpoint, loras: &LayerLoras, p: AttnProj) -> Result<Vec<u8>> {
+    let name = names::attn_weight(loras.layer, p.name());
     let t = base.tensor(&name)?;
     let shape = [t.shape[0], t.shape[1]];
     let mut w = base.bf16_to_f32(&name)?;
-    match deploy(&mut w, shape, &set.attention(l, p), Quantizer::Bf16) {
+    match deploy(&mut w, shape, &loras.attention(p), Quantizer::Bf16) {
         Ok(Deployed::Bf16(bytes)) => Ok(bytes),
         Ok(_) => unreachable!("a bf16 quantizer gives bf16 bytes"),
         Err(e) => Err(non_finite(e, &name, None, shape[1])),
@@ -64,12 +59,13 @@ pub struct ExpertsJob<'a> {
 }
 
 impl<'a> ExpertsJob<'a> {
-    /// The job for `p` of layer `l`.
-    pub fn new(base: &'a Checkpoint, set: &'a MergeSet, l: usize, p: ExpertProj) -> Result<Self> {
+    /// The job for `p` of `loras.layer`.
+    pub fn new(base: &'a Checkpoint, loras: &'a LayerLoras, p: ExpertProj) -> Result<Self> {
+        let l = loras.layer;
         Ok(Self {
             name: names::expert_blocks(l, p.stem()),
             packed: base.experts(l, p)?,
-            loras: set.experts(l, p),
+            loras: loras.experts(p),
             base,
         })
     }

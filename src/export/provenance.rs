@@ -29,15 +29,15 @@ pub fn provenance(
     merged: usize,
 ) -> Result<String> {
     let mut adapters = Vec::new();
-    for (dir, a) in &set.adapters {
-        let c = a.config();
+    for src in &set.sources {
+        let (dir, c) = (&src.path, &src.config);
         adapters.push(json!({
             "path": dir.display().to_string(),
             "base_model_name_or_path": c.base_model_name_or_path,
             "r": c.r,
             "lora_alpha": c.lora_alpha,
             "use_rslora": c.use_rslora,
-            "tensors": a.len(),
+            "tensors": src.tensors,
             "adapter_model.safetensors.sha256": sha256_file(&dir.join(adapters::WEIGHTS_FILE))?,
             "adapter_config.json.sha256": sha256_file(&dir.join(adapters::CONFIG_FILE))?,
         }));

@@ -1,9 +1,12 @@
-//! The adapters being merged: loaded, each validated against the base, and looked up per
-//! checkpoint tensor. Several adapters are merged in the order given.
+//! The adapters being merged: each loaded once, validated against the base and summarized (which
+//! modules it adapts), then read again one layer at a time while the export walks the base, so
+//! memory holds one layer's factors, not the whole adapters. Merged in the order given.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use adapters::{AttnProj, LoraAdapter};
+use adapters::{AdapterConfig, AttnProj, LoraAdapter};
 use anyhow::{bail, Context, Result};
 use kernels::deploy::HostLora;
 
@@ -31,11 +34,67 @@ pub fn lora_proj(p: ExpertProj) -> adapters::ExpertProj {
     }
 }
 
+/// One adapter of the merge, as validated.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The adapter directory.
+    pub path: PathBuf,
+    /// Its config.
+    pub config: AdapterConfig,
+    /// Number of tensors.
+    pub tensors: usize,
+}
+
+/// Every adapter's factors of one layer, in merge order.
+#[derive(Debug)]
+pub struct LayerLoras {
+    /// The layer.
+    pub layer: usize,
+    adapters: Vec<LoraAdapter>,
+}
+
+impl LayerLoras {
+    /// The LoRAs of attention projection `p`, in merge order.
+    pub fn attention(&self, p: AttnProj) -> Vec<HostLora<'_>> {
+        self.adapters
+            .iter()
+            .filter_map(|a| a.attention(self.layer, p))
+            .map(|lo| HostLora {
+                a: lo.a,
+                b: lo.b,
+                rank: lo.r,
+                scale: lo.scale,
+            })
+            .collect()
+    }
+
+    /// The stacked expert LoRAs of `p`, in merge order.
+    pub fn experts(&self, p: ExpertProj) -> Vec<adapters::ExpertLora<'_>> {
+        self.adapters
+            .iter()
+            .filter_map(|a| a.experts(self.layer, lora_proj(p)))
+            .collect()
+    }
+}
+
 /// The adapters of one merge, in the order given.
 #[derive(Debug)]
 pub struct MergeSet {
-    /// `(directory, adapter)`.
-    pub adapters: Vec<(PathBuf, LoraAdapter)>,
+    /// The adapters, in merge order.
+    pub sources: Vec<Source>,
+    attention: BTreeSet<(usize, AttnProj)>,
+    experts: BTreeSet<(usize, adapters::ExpertProj)>,
+    /// The layer read last.
+    cache: Mutex<Option<Arc<LayerLoras>>>,
+}
+
+/// `l` of a `…layers.{l}.…` name (checkpoint tensors and PEFT keys alike).
+fn layer_of(name: &str) -> Option<usize> {
+    let rest = name
+        .split(".layers.")
+        .nth(1)
+        .or_else(|| name.strip_prefix("layers."))?;
+    rest.split('.').next()?.parse().ok()
 }
 
 impl MergeSet {
@@ -46,7 +105,8 @@ impl MergeSet {
             bail!("no adapter given (--lora-path)");
         }
         let dims = base_dims(base.config());
-        let mut adapters = Vec::with_capacity(paths.len());
+        let (mut sources, mut attention, mut experts) =
+            (Vec::new(), BTreeSet::new(), BTreeSet::new());
         for p in paths {
             let a = LoraAdapter::load(p)
                 .with_context(|| format!("loading the adapter {}", p.display()))?;
@@ -57,9 +117,20 @@ impl MergeSet {
                     base.dir().display()
                 )
             })?;
-            adapters.push((p.clone(), a));
+            attention.extend(a.attention_modules());
+            experts.extend(a.expert_modules());
+            sources.push(Source {
+                path: p.clone(),
+                config: a.config().clone(),
+                tensors: a.len(),
+            });
         }
-        Ok(Self { adapters })
+        Ok(Self {
+            sources,
+            attention,
+            experts,
+            cache: Mutex::new(None),
+        })
     }
 
     /// The role of tensor `name` of the base. With `all_experts`, every expert tensor is an
@@ -69,12 +140,12 @@ impl MergeSet {
             return Role::Copy;
         };
         for p in AttnProj::ALL {
-            if name == names::attn_weight(l, p.name()) && !self.attention(l, p).is_empty() {
+            if self.attention.contains(&(l, p)) && name == names::attn_weight(l, p.name()) {
                 return Role::Attention(l, p);
             }
         }
         for p in ExpertProj::ALL {
-            if !all_experts && self.experts(l, p).is_empty() {
+            if !all_experts && !self.experts.contains(&(l, lora_proj(p))) {
                 continue;
             }
             if name == names::expert_blocks(l, p.stem()) {
@@ -87,36 +158,27 @@ impl MergeSet {
         Role::Copy
     }
 
-    /// The LoRAs of attention projection `p` of layer `l`, in merge order.
-    pub fn attention(&self, l: usize, p: AttnProj) -> Vec<HostLora<'_>> {
-        self.adapters
-            .iter()
-            .filter_map(|(_, a)| a.attention(l, p))
-            .map(|lo| HostLora {
-                a: lo.a,
-                b: lo.b,
-                rank: lo.r,
-                scale: lo.scale,
-            })
-            .collect()
-    }
-
-    /// The stacked expert LoRAs of `p` in layer `l`, in merge order.
-    pub fn experts(&self, l: usize, p: ExpertProj) -> Vec<adapters::ExpertLora<'_>> {
-        self.adapters
-            .iter()
-            .filter_map(|(_, a)| a.experts(l, lora_proj(p)))
-            .collect()
+    /// Every adapter's factors of layer `l` (read from disk unless it was the last layer asked).
+    pub fn layer(&self, l: usize) -> Result<Arc<LayerLoras>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.layer == l) {
+            return Ok(Arc::clone(c));
+        }
+        *cache = None; // the previous layer's factors go before this one's come
+        let mut adapters = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            let a = LoraAdapter::load_where(&s.path, |k| layer_of(k) == Some(l)).with_context(
+                || format!("reading layer {l} of the adapter {}", s.path.display()),
+            )?;
+            adapters.push(a);
+        }
+        let layer = Arc::new(LayerLoras { layer: l, adapters });
+        *cache = Some(Arc::clone(&layer));
+        Ok(layer)
     }
 
     /// The adapter directories.
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.adapters.iter().map(|(p, _)| p.as_path())
+        self.sources.iter().map(|s| s.path.as_path())
     }
-}
-
-/// `l` of a `model.layers.{l}.…` name.
-fn layer_of(name: &str) -> Option<usize> {
-    let rest = name.strip_prefix("model.layers.")?;
-    rest.split('.').next()?.parse().ok()
 }

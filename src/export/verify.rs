@@ -162,12 +162,13 @@ pub fn verify(export_dir: &Path, base_dir: &Path, loras: &[PathBuf]) -> Result<V
                 Role::Attention(l, p) => Check {
                     tensor: t.name.clone(),
                     kind,
-                    mismatch: byte_diff(got.bytes, &attention_bytes(&base, &set, l, p)?),
+                    mismatch: byte_diff(got.bytes, &attention_bytes(&base, &*set.layer(l)?, p)?),
                 },
                 Role::ExpertBlocks(l, p) | Role::ExpertScales(l, p) => match pending.remove(name) {
                     Some(c) => c,
                     None => {
-                        let job = ExpertsJob::new(&base, &set, l, p)?;
+                        let loras = set.layer(l)?;
+                        let job = ExpertsJob::new(&base, &loras, p)?;
                         let [blocks, scales] = check_experts(&job, &export, l, p)?;
                         let (this, other) = if blocks.tensor == name {
                             (blocks, scales)

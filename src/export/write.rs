@@ -111,13 +111,14 @@ pub fn merge_export(
                     bytes += size;
                 }
                 Role::Attention(l, p) => {
-                    let data = attention_bytes(&base, &set, l, p)?;
+                    let data = attention_bytes(&base, &*set.layer(l)?, p)?;
                     writer.add_tensor(name, t.dtype, &t.shape, &data)?;
                     merged += 1;
                     bytes += size;
                 }
                 Role::ExpertBlocks(l, p) => {
-                    let job = ExpertsJob::new(&base, &set, l, p)?;
+                    let loras = set.layer(l)?;
+                    let job = ExpertsJob::new(&base, &loras, p)?;
                     let scales_name = names::expert_scales(l, p.stem());
                     if bf16 {
                         let (n, rows, cols) =
@@ -143,7 +144,10 @@ pub fn merge_export(
                             Some(s) => s,
                             // the scales come first in this shard layout: compute them now (the
                             // blocks are recomputed, identically, when their turn comes)
-                            None => scales_only(&ExpertsJob::new(&base, &set, l, p)?)?,
+                            None => {
+                                let loras = set.layer(l)?;
+                                scales_only(&ExpertsJob::new(&base, &loras, p)?)?
+                            }
                         };
                         writer.add_tensor(name, t.dtype, &t.shape, &scales)?;
                         merged += 1;
