@@ -11,7 +11,7 @@ fn one_layer_loads_like_the_whole_adapter() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-gpt-oss/adapter");
     let all = LoraAdapter::load(&dir).unwrap();
     let one = LoraAdapter::load_where(&dir, |k| k.contains(".layers.3.")).unwrap();
-    assert!(one.len() > 0 && one.len() < all.len());
+    assert!(!one.is_empty() && one.len() < all.len());
     assert!(one.attention_modules().all(|(l, _)| l == 3));
     assert!(one.expert_modules().all(|(l, _)| l == 3));
     for p in AttnProj::ALL {
