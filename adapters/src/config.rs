@@ -1,7 +1,6 @@
 //! `adapter_config.json`: PEFT's LoRA config. Known keys are typed; every other key is kept verbatim in
 //! `extra` so that a load + save gives back an equal JSON value.
 
-use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
 
@@ -34,10 +33,11 @@ pub struct AdapterConfig {
     pub base_model_name_or_path: Option<String>,
     /// the base model's revision
     pub revision: Option<String>,
-    /// per-module rank overrides (PEFT pattern keys)
-    pub rank_pattern: BTreeMap<String, usize>,
-    /// per-module alpha overrides (PEFT pattern keys)
-    pub alpha_pattern: BTreeMap<String, f64>,
+    /// per-module rank overrides (PEFT pattern keys), in the file's order: PEFT takes the first
+    /// key that matches
+    pub rank_pattern: Vec<(String, usize)>,
+    /// per-module alpha overrides (PEFT pattern keys), in the file's order
+    pub alpha_pattern: Vec<(String, f64)>,
     /// scaling alpha/sqrt(r) instead of alpha/r
     pub use_rslora: bool,
     /// DoRA (refused)
@@ -123,14 +123,14 @@ impl AdapterConfig {
 
     /// Rank of the module (or parameter) at `module_path`, honouring `rank_pattern`.
     pub fn rank_for(&self, module_path: &str) -> usize {
-        pattern::lookup(self.rank_pattern.iter(), module_path)
+        pattern::lookup(self.rank_pattern.iter().map(|(k, v)| (k, v)), module_path)
             .copied()
             .unwrap_or(self.r)
     }
 
     /// Alpha of the module at `module_path`, honouring `alpha_pattern`.
     pub fn alpha_for(&self, module_path: &str) -> f64 {
-        pattern::lookup(self.alpha_pattern.iter(), module_path)
+        pattern::lookup(self.alpha_pattern.iter().map(|(k, v)| (k, v)), module_path)
             .copied()
             .unwrap_or(self.lora_alpha)
     }
@@ -146,6 +146,17 @@ impl AdapterConfig {
             alpha / r
         };
         s as f32
+    }
+
+    /// Gives the one module (or expert parameter) at `module_path` its own rank and alpha, as an
+    /// exact-path entry (dots escaped) put first in `rank_pattern` and `alpha_pattern`, so it wins
+    /// over every other pattern.
+    pub fn set_module_rank(&mut self, module_path: &str, r: usize, alpha: f64) {
+        let key = regex::escape(module_path);
+        self.rank_pattern.retain(|(k, _)| *k != key);
+        self.alpha_pattern.retain(|(k, _)| *k != key);
+        self.rank_pattern.insert(0, (key.clone(), r));
+        self.alpha_pattern.insert(0, (key, alpha));
     }
 
     /// True when `target_modules` selects the module at `module_path` (PEFT's rule: a list entry equals the
@@ -218,8 +229,8 @@ impl AdapterConfig {
             target_parameters: Some(target_parameters),
             base_model_name_or_path: None,
             revision: None,
-            rank_pattern: BTreeMap::new(),
-            alpha_pattern: BTreeMap::new(),
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
             use_rslora: false,
             use_dora: false,
             lora_dropout: 0.0,

@@ -1,6 +1,5 @@
 //! Parsing adapter_config.json into [`AdapterConfig`], and refusing the LoRA variants we do not implement.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -163,11 +162,11 @@ impl AdapterConfig {
         let target_parameters = rd.strings("target_parameters")?;
         let base_model_name_or_path = rd.string("base_model_name_or_path")?;
         let revision = rd.string("revision")?;
-        let mut rank_pattern = BTreeMap::new();
+        let mut rank_pattern = Vec::new();
         for (k, v) in rd.object("rank_pattern")? {
-            rank_pattern.insert(k, rd.rank("rank_pattern", &v)?);
+            rank_pattern.push((k, rd.rank("rank_pattern", &v)?));
         }
-        let mut alpha_pattern = BTreeMap::new();
+        let mut alpha_pattern = Vec::new();
         for (k, v) in rd.object("alpha_pattern")? {
             let a = v.as_f64().ok_or_else(|| {
                 rd.err(
@@ -175,7 +174,7 @@ impl AdapterConfig {
                     format!("`{k}`: expected a number, got {v}"),
                 )
             })?;
-            alpha_pattern.insert(k, a);
+            alpha_pattern.push((k, a));
         }
         let cfg = AdapterConfig {
             peft_type,

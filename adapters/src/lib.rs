@@ -7,6 +7,7 @@
 //! vLLM, and an adapter written by PEFT loads here.
 
 mod adapter;
+pub mod combine;
 mod config;
 mod config_parse;
 mod error;
@@ -14,7 +15,9 @@ pub mod json;
 mod keys;
 mod load;
 mod pattern;
+pub mod provenance;
 mod save;
+pub mod signing;
 mod validate;
 
 pub use adapter::{AttentionLora, ExpertLora, LoraAdapter, Tensor, IN_MEMORY};

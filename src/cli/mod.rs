@@ -1,11 +1,13 @@
 //! The `lora-qat` command line: one file per command, each with its clap `Args` and a `run`.
 
+pub mod combine;
 pub mod data_args;
 pub mod export;
 pub mod inspect;
 pub mod prepare;
 pub mod quickstart;
 pub mod score;
+pub mod sign;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,12 @@ pub enum Command {
     MergeExport(export::MergeExportArgs),
     /// Check an export against the base and the adapters, tensor by tensor.
     Verify(export::VerifyArgs),
+    /// Sum several adapters of one base into one PEFT adapter (ranks concatenated, exact in f32).
+    Combine(combine::CombineArgs),
+    /// Write an ed25519 key pair for signing adapters (`KEY`, `KEY.pub`).
+    Keygen(sign::KeygenArgs),
+    /// Sign an adapter directory's manifest with an ed25519 key.
+    Sign(sign::SignArgs),
     /// The embedded default: a tiny random gpt-oss, trained briefly, merge-exported and verified.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -48,6 +56,9 @@ impl Cli {
             Command::Train(args) => train::run(&args),
             Command::MergeExport(args) => export::run_merge_export(&args),
             Command::Verify(args) => export::run_verify(&args),
+            Command::Combine(args) => combine::run(&args),
+            Command::Keygen(args) => sign::run_keygen(&args),
+            Command::Sign(args) => sign::run_sign(&args),
             Command::Quickstart(args) => quickstart::run(&args),
         }
     }
