@@ -5,6 +5,7 @@
 mod config;
 pub mod download;
 mod estimate;
+mod fingerprint;
 mod hub;
 mod index;
 mod json_fields;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::checkpoint::resolve_model;
-use crate::export::{merge_export, verify, ExportDtype, ExportOptions};
+use crate::export::{merge_export, verify, ExportDtype, ExportOptions, TrustPolicy};
 
 /// The base and the adapters of a merge (shared by `merge-export` and `verify`).
 #[derive(Debug, clap::Args)]
@@ -22,6 +22,20 @@ pub struct MergeSources {
     /// Base checkpoint: a local directory or a hub repo id (resolved in the Hugging Face cache).
     #[arg(long = "base-path", alias = "base_path", alias = "base")]
     pub base_path: String,
+    /// Merge adapters whose provenance names another base fingerprint (config.json or
+    /// safetensors headers differ from this base's).
+    #[arg(long = "allow-base-mismatch", alias = "allow_base_mismatch")]
+    pub allow_base_mismatch: bool,
+    /// Refuse adapters not signed by one of these public keys (a file of `.pub` lines).
+    #[arg(long = "trusted-keys", alias = "trusted_keys")]
+    pub trusted_keys: Option<PathBuf>,
+}
+
+impl MergeSources {
+    /// The trust policy these arguments ask for.
+    pub fn policy(&self) -> Result<TrustPolicy> {
+        TrustPolicy::from_args(self.allow_base_mismatch, self.trusted_keys.as_deref())
+    }
 }
 
 /// Arguments of `lora-qat merge-export`.
@@ -54,6 +68,7 @@ pub fn run_merge_export(args: &MergeExportArgs) -> Result<()> {
         },
         overwrite: args.overwrite,
         progress: !args.json,
+        trust: args.sources.policy()?,
     };
     let s = merge_export(&base, &args.sources.lora_path, &args.output_path, &opts)?;
     if args.json {
@@ -97,7 +112,12 @@ pub struct VerifyArgs {
 /// Runs `verify`: a line per tensor, then the verdict; fails on any mismatch.
 pub fn run_verify(args: &VerifyArgs) -> Result<()> {
     let base = resolve_model(&args.sources.base_path)?;
-    let report = verify(&args.export, &base, &args.sources.lora_path)?;
+    let report = verify(
+        &args.export,
+        &base,
+        &args.sources.lora_path,
+        &args.sources.policy()?,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -6,10 +6,12 @@ pub mod deployed;
 pub mod paths;
 pub mod provenance;
 pub mod set;
+pub mod trust;
 pub mod verify;
 pub mod write;
 
 pub use set::MergeSet;
+pub use trust::TrustPolicy;
 pub use verify::{verify, Check, VerifyReport};
 pub use write::{merge_export, ExportDtype, ExportOptions, ExportSummary};
 

@@ -40,6 +40,7 @@ pub fn provenance(
             "tensors": src.tensors,
             "adapter_model.safetensors.sha256": sha256_file(&dir.join(adapters::WEIGHTS_FILE))?,
             "adapter_config.json.sha256": sha256_file(&dir.join(adapters::CONFIG_FILE))?,
+            "adapter_provenance": src.trust.record(),
         }));
     }
     let (experts, arithmetic) = match dtype {
@@ -57,6 +58,7 @@ pub fn provenance(
         "version": env!("CARGO_PKG_VERSION"),
         "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "base": base.dir().display().to_string(),
+        "base_fingerprint": base.fingerprint()?,
         "experts_dtype": experts,
         "adapters": adapters,
         "tensors_merged": merged,

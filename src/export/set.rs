@@ -10,6 +10,7 @@ use adapters::{AdapterConfig, AttnProj, LoraAdapter};
 use anyhow::{bail, Context, Result};
 use kernels::deploy::HostLora;
 
+use super::trust::{Trust, TrustPolicy};
 use crate::checkpoint::{names, Checkpoint, ExpertProj};
 use crate::model::load::base_dims;
 
@@ -43,6 +44,8 @@ pub struct Source {
     pub config: AdapterConfig,
     /// Number of tensors.
     pub tensors: usize,
+    /// Its provenance and signatures, as checked.
+    pub trust: Trust,
 }
 
 /// Every adapter's factors of one layer, in merge order.
@@ -98,16 +101,19 @@ fn layer_of(name: &str) -> Option<usize> {
 }
 
 impl MergeSet {
-    /// Loads every adapter directory and validates it against `base` (layers in range, shapes,
-    /// expert counts, finite values); errors name the adapter.
-    pub fn load(paths: &[PathBuf], base: &Checkpoint) -> Result<Self> {
+    /// Checks every adapter directory's provenance, base fingerprint and signatures against
+    /// `policy` (see [`super::trust`]), then loads it and validates it against `base` (layers in
+    /// range, shapes, expert counts, finite values); errors name the adapter.
+    pub fn load(paths: &[PathBuf], base: &Checkpoint, policy: &TrustPolicy) -> Result<Self> {
         if paths.is_empty() {
             bail!("no adapter given (--lora-path)");
         }
         let dims = base_dims(base.config());
+        let fingerprint = base.fingerprint()?;
         let (mut sources, mut attention, mut experts) =
             (Vec::new(), BTreeSet::new(), BTreeSet::new());
         for p in paths {
+            let trust = super::trust::check(p, &fingerprint, policy)?;
             let a = LoraAdapter::load(p)
                 .with_context(|| format!("loading the adapter {}", p.display()))?;
             a.validate(&dims).with_context(|| {
@@ -123,6 +129,7 @@ impl MergeSet {
                 path: p.clone(),
                 config: a.config().clone(),
                 tensors: a.len(),
+                trust,
             });
         }
         Ok(Self {

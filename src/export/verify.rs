@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::deployed::{attention_bytes, ExpertsJob};
 use super::set::{MergeSet, Role};
+use super::trust::TrustPolicy;
 use crate::checkpoint::{names, Checkpoint, ExpertProj};
 
 /// The outcome for one tensor.
@@ -107,11 +108,16 @@ fn check_experts(
 }
 
 /// Verifies the export at `export_dir` against `base_dir` merged with `loras` (in order).
-pub fn verify(export_dir: &Path, base_dir: &Path, loras: &[PathBuf]) -> Result<VerifyReport> {
+pub fn verify(
+    export_dir: &Path,
+    base_dir: &Path,
+    loras: &[PathBuf],
+    policy: &TrustPolicy,
+) -> Result<VerifyReport> {
     let export = Checkpoint::open(export_dir)
         .with_context(|| format!("opening the export {}", export_dir.display()))?;
     let base = Checkpoint::open(base_dir)?;
-    let set = MergeSet::load(loras, &base)?;
+    let set = MergeSet::load(loras, &base, policy)?;
     let layers = base.config().num_hidden_layers;
     let exported: BTreeSet<&str> = export.tensor_names().collect();
     let mut checks = Vec::new();

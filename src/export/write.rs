@@ -17,6 +17,7 @@ use super::deployed::{attention_bytes, ExpertsJob};
 use super::paths::check_output_path;
 use super::provenance::provenance;
 use super::set::{MergeSet, Role};
+use super::trust::TrustPolicy;
 use crate::checkpoint::writer::{ShardedWriter, WriterOptions};
 use crate::checkpoint::{names, Checkpoint, Dtype, ShardLayout, INDEX_FILE, MXFP4_BLOCK};
 
@@ -40,6 +41,8 @@ pub struct ExportOptions {
     pub overwrite: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// What to require of the adapters' provenance and signatures.
+    pub trust: TrustPolicy,
 }
 
 /// What [`merge_export`] wrote.
@@ -68,7 +71,7 @@ pub fn merge_export(
     let t0 = Instant::now();
     check_output_path(base_dir, out)?;
     let base = Checkpoint::open(base_dir)?;
-    let set = MergeSet::load(loras, &base)?;
+    let set = MergeSet::load(loras, &base, &opts.trust)?;
     let layout = base.layout();
     let metadata: BTreeMap<String, String> = layout[0].metadata.iter().cloned().collect();
     if let Some(s) = layout

@@ -141,7 +141,12 @@ pub fn run(opts: &Options) -> Result<Summary> {
         &export,
         &ExportOptions::default(),
     )?;
-    let report = verify(&export, &base, std::slice::from_ref(&run_dir))?;
+    let report = verify(
+        &export,
+        &base,
+        std::slice::from_ref(&run_dir),
+        &Default::default(),
+    )?;
     if report.mismatches() > 0 {
         bail!(
             "verify found {} mismatching tensors in {}",

@@ -102,33 +102,70 @@ pub fn plot(history: &[Value], path: &Path) -> Result<()> {
     root.present().map_err(|e| err(&e))
 }
 
-/// The model card (`README.md`): what the adapter is, how it was made, how to ship it.
-pub fn model_card(
-    base: &str,
-    quant: &str,
-    coverage: &str,
-    config_json: &Value,
-    last: Option<&Value>,
-) -> String {
+/// What the model card states about a run.
+pub struct CardFacts<'a> {
+    /// base model id or path
+    pub base: &'a str,
+    /// base fingerprint from the provenance
+    pub fingerprint: Option<&'a str>,
+    /// quantization recipe name
+    pub quant: &'a str,
+    /// the coverage table
+    pub coverage: &'a str,
+    /// the training arguments
+    pub config_json: &'a Value,
+    /// the last log entry (losses)
+    pub last: Option<&'a Value>,
+    /// optimizer steps done
+    pub steps: usize,
+    /// input tokens seen
+    pub tokens_seen: usize,
+}
+
+/// The model card (`README.md`): PEFT's card header (metadata a hub and PEFT read), what the
+/// adapter is, how it was trained, how to check, merge and serve it.
+pub fn model_card(f: &CardFacts) -> String {
     let metric = |k: &str| {
-        last.and_then(|e| e.get(k))
+        f.last
+            .and_then(|e| e.get(k))
             .and_then(Value::as_f64)
             .map_or("-".to_string(), |v| format!("{v:.4}"))
     };
+    let base = f.base;
     format!(
-        "---\nlibrary_name: peft\nbase_model: {base}\ntags:\n- lora\n- qat\n- mxfp4\n- lora-qat\n---\n\n\
+        "---\nbase_model: {base}\nlibrary_name: peft\npipeline_tag: text-generation\ntags:\n\
+         - base_model:adapter:{base}\n- lora\n- qat\n- mxfp4\n- lora-qat\n- transformers\n---\n\n\
          # LoRA adapter for {base}\n\n\
-         Trained by `lora-qat train` with quantization `{quant}`: the forward used the weights that \
-         `lora-qat merge-export` writes (MXFP4 experts, bf16 attention), so what was trained is what is served.\n\n\
+         Trained by `lora-qat train` ({} steps, {} input tokens) with quantization `{}`: the forward \
+         used the weights that `lora-qat merge-export` writes (MXFP4 experts, bf16 attention), so \
+         what was trained is what is served.\n\n\
+         - base fingerprint: `{}`\n\
+         - provenance: `lora_qat_provenance.json` (base, recipe, training arguments, dataset \
+         fingerprint, SHA-256 of every file); signatures, if any: `lora_qat_signatures.json`\n\n\
          ## Last evaluation\n\n| metric | value |\n|---|---|\n| eval_loss (deployed weights) | {} |\n\
          | eval_loss_unquantized (W + ΔW) | {} |\n| train loss | {} |\n\n\
-         ## Adapted modules\n\n```\n{coverage}\n```\n\n\
-         ## Use\n\n    lora-qat merge-export --lora-path THIS_DIR --base-path {base} --output-path merged/\n\n\
-         The directory is a PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`).\n\n\
+         ## Adapted modules\n\n```\n{}\n```\n\n\
+         ## Check it\n\n```\nlora-qat inspect THIS_DIR --base {base}\n```\n\n\
+         Shows rank, alpha, coverage and norms, checks every file against the manifest and the base \
+         fingerprint, and who signed it.\n\n\
+         ## Merge and serve\n\n```\n\
+         lora-qat merge-export --lora-path THIS_DIR --base-path {base} --output-path merged/\n\
+         lora-qat verify --export merged/ --lora-path THIS_DIR --base-path {base}\n\
+         vllm serve merged/   # or: python -m sglang.launch_server --model-path merged/ ; trtllm-serve merged/\n\
+         ```\n\n\
+         `merged/` is a gpt-oss checkpoint in the release format (MXFP4 experts), served like the \
+         original. The directory is also a PEFT adapter (`adapter_config.json`, \
+         `adapter_model.safetensors`): `PeftModel.from_pretrained(model, THIS_DIR)` loads it, but \
+         applying it unmerged on a dequantized base is not what was trained.\n\n\
          ## Training configuration\n\n```json\n{}\n```\n",
+        f.steps,
+        f.tokens_seen,
+        f.quant,
+        f.fingerprint.unwrap_or("unknown"),
         metric("eval_loss"),
         metric("eval_loss_unquantized"),
         metric("loss"),
-        serde_json::to_string_pretty(config_json).unwrap_or_default()
+        f.coverage,
+        serde_json::to_string_pretty(f.config_json).unwrap_or_default()
     )
 }

@@ -30,6 +30,8 @@ pub struct Setup {
     pub pad_id: u32,
     pub total_steps: usize,
     pub steps_per_epoch: usize,
+    /// What the run's adapters carry (base fingerprint, recipe, arguments, data fingerprint).
+    pub provenance: adapters::provenance::Provenance,
 }
 
 /// Default eval fraction when evals are asked for without eval data (at least one example).
@@ -135,6 +137,7 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
     for n in &cfg.no_effect {
         tracing::warn!("accepted, no effect here: {n}");
     }
+    let provenance = super::provenance::provenance(&cfg, &ckpt, &data)?;
     Ok(Setup {
         cfg,
         ckpt,
@@ -147,6 +150,7 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
         pad_id,
         total_steps,
         steps_per_epoch,
+        provenance,
     })
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use adapters::provenance::{self, Provenance, PROVENANCE_FILE, SIGNATURES_FILE};
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -73,6 +74,7 @@ where
         pad_id,
         total_steps,
         steps_per_epoch,
+        provenance,
     } = setup;
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
@@ -332,6 +334,7 @@ where
                 &adamw,
                 &st,
                 cfg.save_total_limit,
+                &provenance,
             )?;
         }
         if interrupted {
@@ -354,6 +357,7 @@ where
         &st,
         &coverage,
         interrupted,
+        &provenance,
     )?;
     Ok(Outcome {
         state: st,
@@ -362,7 +366,21 @@ where
     })
 }
 
-/// Writes `checkpoint-N` (adapter, optimizer, state) through a temporary directory.
+/// The provenance of the adapter at `st`'s step: the run's, with the step and origin.
+fn provenance_at(run: &Provenance, origin: &str, st: &TrainerState) -> Provenance {
+    let mut p = run.clone();
+    p.origin = origin.into();
+    p.created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if let Some(obj) = p.training.as_object_mut() {
+        obj.insert("global_step".into(), json!(st.global_step));
+        obj.insert("epoch".into(), json!(st.epoch));
+    }
+    p
+}
+
+/// Writes `checkpoint-N` (adapter, optimizer, state, sealed with the provenance) through a
+/// temporary directory.
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     dir: &Path,
     config: &adapters::AdapterConfig,
@@ -370,6 +388,7 @@ fn save_checkpoint(
     adamw: &AdamW,
     st: &TrainerState,
     limit: Option<usize>,
+    run: &Provenance,
 ) -> Result<()> {
     let name = format!("checkpoint-{}", st.global_step);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -379,6 +398,7 @@ fn save_checkpoint(
     adapter_of(config, params)?.save(&tmp, false)?;
     adamw.save(&tmp.join(OPTIMIZER_FILE))?;
     st.save(&tmp.join(STATE_FILE))?;
+    provenance::seal(&tmp, &mut provenance_at(run, "checkpoint", st))?;
     let target = dir.join(&name);
     if target.exists() {
         std::fs::remove_dir_all(&target)?;
@@ -389,7 +409,8 @@ fn save_checkpoint(
     state::prune(dir, limit)
 }
 
-/// The final adapter, state, plot and model card in `dir`.
+/// The final adapter (sealed with its provenance), state, plot and model card in `dir`.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     dir: &Path,
     cfg: &TrainConfig,
@@ -398,19 +419,8 @@ fn finish(
     st: &TrainerState,
     coverage: &str,
     interrupted: bool,
+    run: &Provenance,
 ) -> Result<()> {
-    if !interrupted {
-        let tmp = dir.join(".final.tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        adapter_of(config, params)?.save(&tmp, false)?;
-        for f in ["adapter_config.json", "adapter_model.safetensors"] {
-            std::fs::rename(tmp.join(f), dir.join(f))
-                .with_context(|| format!("cannot move {f} into {}", dir.display()))?;
-        }
-        std::fs::remove_dir_all(&tmp)?;
-    }
     st.save(&dir.join(STATE_FILE))?;
     report::plot(&st.log_history, &dir.join("loss.svg"))?;
     let last_eval = st
@@ -427,14 +437,44 @@ fn finish(
     if let (Some(obj), Some(t)) = (last.as_object_mut(), last_train.and_then(|t| t.get("loss"))) {
         obj.insert("loss".into(), t.clone());
     }
-    let card = report::model_card(
-        cfg.model_name_or_path.as_deref().unwrap_or("?"),
-        cfg.quant_cfg.name(),
+    let prov = provenance_at(run, "train", st);
+    let card = report::model_card(&report::CardFacts {
+        base: cfg.model_name_or_path.as_deref().unwrap_or("?"),
+        fingerprint: prov.base.fingerprint.as_deref(),
+        quant: cfg.quant_cfg.name(),
         coverage,
-        &serde_json::to_value(cfg)?,
-        Some(&last),
-    );
-    std::fs::write(dir.join("README.md"), card)
-        .with_context(|| format!("cannot write {}/README.md", dir.display()))?;
+        config_json: &serde_json::to_value(cfg)?,
+        last: Some(&last),
+        steps: st.global_step,
+        tokens_seen: st.num_input_tokens_seen,
+    });
+    if interrupted {
+        // no final adapter: the card describes the run, the checkpoint holds the adapter
+        return std::fs::write(dir.join("README.md"), card)
+            .with_context(|| format!("cannot write {}/README.md", dir.display()));
+    }
+    let tmp = dir.join(".final.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    adapter_of(config, params)?.save(&tmp, false)?;
+    std::fs::write(tmp.join("README.md"), card)
+        .with_context(|| format!("cannot write {}/README.md", tmp.display()))?;
+    provenance::seal(&tmp, &mut prov.clone())?;
+    // signatures of an earlier adapter in this directory do not cover this one
+    let stale = dir.join(SIGNATURES_FILE);
+    if stale.exists() {
+        std::fs::remove_file(&stale)?;
+    }
+    for f in [
+        adapters::CONFIG_FILE,
+        adapters::WEIGHTS_FILE,
+        "README.md",
+        PROVENANCE_FILE,
+    ] {
+        std::fs::rename(tmp.join(f), dir.join(f))
+            .with_context(|| format!("cannot move {f} into {}", dir.display()))?;
+    }
+    std::fs::remove_dir_all(&tmp)?;
     Ok(())
 }
