@@ -1,1 +1,507 @@
-//! (being written)
+//! Several adapters of one base summed into one PEFT adapter (`lora-qat combine`).
+//!
+//! For every adapted module (attention q/k/v/o of a layer, expert gate_up/down of a layer) the parts'
+//! ranks are concatenated in the order the parts are given, and each part's scaling `s_i` is folded
+//! into its `B` (`s_i·B_i`, rounded to f32 once), so the combined adapter, at scaling 1, has
+//! `ΔW = Σ_i s_i·B_i·A_i` exactly up to that one rounding:
+//!
+//! - attention: `A = [A_1; A_2; …]` (rows), `B = [s_1·B_1 | s_2·B_2 | …]` (columns);
+//! - experts (`A [r·E, in]` expert-major, `B [out, r·E]` rank-major): A's rows are interleaved per expert
+//!   (expert `e`'s block is `A_1[e] ; A_2[e] ; …`, `R = Σ r_i` rows), and since column `j·E + e` of a
+//!   rank-major B holds rank `j` of expert `e`, B's rows are again the parts' (scaled) rows concatenated.
+//!
+//! A module adapted by only some parts gets only those parts' factors. The config: `r` = the most common
+//! total rank (the larger one on a tie), `lora_alpha = r`, every module whose total rank differs gets its
+//! own exact-path `rank_pattern`/`alpha_pattern` entry with alpha = its rank (scaling 1 in PEFT, which reads
+//! the patterns, and in vLLM, which computes alpha/r from the global values), `use_rslora` false, and
+//! `target_modules` / `target_parameters` list exactly the adapted modules by full path. Expert keys are
+//! the combination's: when both expert weights of a layer are adapted, gate_up goes under
+//! `experts.base_layer` even if the part that adapts it had only that one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use crate::adapter::LoraAdapter;
+use crate::config::AdapterConfig;
+use crate::error::AdapterError;
+use crate::keys::{self, AttnProj, ExpertProj, Factor};
+use crate::WEIGHTS_FILE;
+
+/// Why adapters cannot be combined.
+#[derive(Debug, thiserror::Error)]
+pub enum CombineError {
+    /// Fewer than two parts.
+    #[error("combine needs at least two adapters, got {got}")]
+    TooFewParts {
+        /// how many were given
+        got: usize,
+    },
+    /// Two parts adapt the same module with factors of different shapes: adapters of different bases.
+    #[error(
+        "{part}: {module}: `{key}` is {shape} but {first} has {first_shape} for this module \
+         ({what}); the parts are adapters of different bases"
+    )]
+    ShapeMismatch {
+        /// the part that disagrees with the first one adapting the module
+        part: String,
+        /// the module path
+        module: String,
+        /// the part's lora_A key
+        key: String,
+        /// the part's lora_A and lora_B shapes, as text
+        shape: String,
+        /// the first part adapting the module
+        first: String,
+        /// its lora_A and lora_B shapes, as text
+        first_shape: String,
+        /// which dimension differs
+        what: String,
+    },
+    /// The parts' configs name different base models (or revisions).
+    #[error(
+        "the parts name different base models: {first} has {key} = {first_value:?}, {part} has {value:?}"
+    )]
+    DifferentBases {
+        /// `base_model_name_or_path` or `revision`
+        key: &'static str,
+        /// the first part naming one
+        first: String,
+        /// its value
+        first_value: String,
+        /// the part naming another
+        part: String,
+        /// its value
+        value: String,
+    },
+    /// A scaled factor `s·B` overflowed f32.
+    #[error("{part}: `{key}` times its scaling {scale} is not finite at flat index {index}")]
+    NonFinite {
+        /// the part
+        part: String,
+        /// the part's lora_B key
+        key: String,
+        /// the part's scaling of the module
+        scale: f32,
+        /// flat index of the first bad value
+        index: usize,
+    },
+    /// The combined tensors do not form a valid adapter (a bug in this module if it ever happens).
+    #[error("building the combined adapter: {0}")]
+    Adapter(#[from] AdapterError),
+}
+
+/// One module of the combination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CombinedModule {
+    /// module path (`model.layers.0.self_attn.q_proj`) or expert parameter path
+    /// (`model.layers.0.mlp.experts.gate_up_proj`)
+    pub path: String,
+    /// true for an expert weight
+    pub expert: bool,
+    /// each part's rank for this module (0 where the part does not adapt it), in part order
+    pub part_ranks: Vec<usize>,
+    /// the combined rank (the sum)
+    pub rank: usize,
+}
+
+/// What [`combine`] built, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CombineSummary {
+    /// number of parts
+    pub parts: usize,
+    /// label of each part (its directory, or where it came from)
+    pub part_labels: Vec<String>,
+    /// every adapted module, attention first (layer, q/k/v/o order), then expert weights
+    pub modules: Vec<CombinedModule>,
+    /// the combined config's `r` (= `lora_alpha`)
+    pub r: usize,
+    /// number of modules with their own rank (a `rank_pattern` entry)
+    pub rank_pattern_entries: usize,
+    /// Σ over modules of the combined rank
+    pub total_rank: usize,
+    /// the largest combined rank of a module (serving engines need a max LoRA rank at least this)
+    pub max_rank: usize,
+    /// number of tensors
+    pub tensors: usize,
+    /// number of f32 values
+    pub parameters: usize,
+    /// the kept `base_model_name_or_path`
+    pub base_model_name_or_path: Option<String>,
+    /// the kept `revision`
+    pub revision: Option<String>,
+}
+
+impl CombineSummary {
+    /// Bytes of tensor data (f32).
+    pub fn tensor_bytes(&self) -> usize {
+        self.parameters * 4
+    }
+}
+
+/// The combined adapter and its summary.
+#[derive(Debug, Clone)]
+pub struct Combined {
+    /// the adapter (in memory; [`LoraAdapter::save`] writes it)
+    pub adapter: LoraAdapter,
+    /// what was combined
+    pub summary: CombineSummary,
+}
+
+/// How a part is named in messages: its directory when it was loaded from one.
+pub fn part_label(index: usize, adapter: &LoraAdapter) -> String {
+    let src = adapter.source();
+    let shown = if src.file_name().is_some_and(|n| n == WEIGHTS_FILE) {
+        src.parent().unwrap_or(src)
+    } else {
+        src
+    };
+    format!("part {} ({})", index + 1, shown.display())
+}
+
+/// Shape facts of one part's factors for a module.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Dims {
+    r: usize,
+    experts: usize,
+    in_features: usize,
+    out_features: usize,
+}
+
+impl Dims {
+    fn shapes(&self) -> String {
+        let re = self.r * self.experts;
+        format!(
+            "lora_A [{re}, {}] / lora_B [{}, {re}]",
+            self.in_features, self.out_features
+        )
+    }
+
+    fn differs(&self, other: &Dims) -> Option<String> {
+        if self.experts != other.experts {
+            return Some(format!("{} experts vs {}", self.experts, other.experts));
+        }
+        if self.in_features != other.in_features {
+            let (a, b) = (self.in_features, other.in_features);
+            return Some(format!("in_features {a} vs {b}"));
+        }
+        if self.out_features != other.out_features {
+            let (a, b) = (self.out_features, other.out_features);
+            return Some(format!("out_features {a} vs {b}"));
+        }
+        None
+    }
+}
+
+/// A module of the combination: attention projection or expert weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Module {
+    Attn(usize, AttnProj),
+    Expert(usize, ExpertProj),
+}
+
+impl Module {
+    fn path(self) -> String {
+        match self {
+            Module::Attn(l, p) => keys::attention_module(l, p),
+            Module::Expert(l, p) => keys::expert_param(l, p),
+        }
+    }
+
+    /// The factors, dims and scaling of this module in `part`, if it adapts it.
+    fn of(self, part: &LoraAdapter) -> Option<(&[f32], &[f32], Dims, f32)> {
+        match self {
+            Module::Attn(l, p) => part.attention(l, p).map(|x| {
+                let d = Dims {
+                    r: x.r,
+                    experts: 1,
+                    in_features: x.in_features,
+                    out_features: x.out_features,
+                };
+                (x.a, x.b, d, x.scale)
+            }),
+            Module::Expert(l, p) => part.experts(l, p).map(|x| {
+                let d = Dims {
+                    r: x.r,
+                    experts: x.experts,
+                    in_features: x.in_features,
+                    out_features: x.out_features,
+                };
+                (x.a, x.b, d, x.scale)
+            }),
+        }
+    }
+
+    /// Key of `factor` in an adapter whose expert weights of this layer are `both` adapted or not.
+    fn key(self, both: bool, factor: Factor) -> String {
+        match self {
+            Module::Attn(l, p) => keys::attention_key(l, p, factor),
+            Module::Expert(l, p) => keys::expert_key(l, p, both, factor),
+        }
+    }
+}
+
+impl fmt::Display for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+/// True when `a` adapts both expert weights of `layer`.
+fn both_experts(a: &LoraAdapter, layer: usize) -> bool {
+    ExpertProj::ALL
+        .iter()
+        .all(|p| a.experts(layer, *p).is_some())
+}
+
+/// The one value the parts agree on for an optional config string, refusing two different ones.
+fn agreed(
+    parts: &[&LoraAdapter],
+    labels: &[String],
+    key: &'static str,
+    get: impl Fn(&AdapterConfig) -> Option<&String>,
+) -> Result<Option<String>, CombineError> {
+    let mut first: Option<(usize, &String)> = None;
+    for (i, p) in parts.iter().enumerate() {
+        let Some(v) = get(p.config()) else { continue };
+        match first {
+            None => first = Some((i, v)),
+            Some((f, fv)) if fv != v => {
+                return Err(CombineError::DifferentBases {
+                    key,
+                    first: labels[f].clone(),
+                    first_value: fv.clone(),
+                    part: labels[i].clone(),
+                    value: v.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((_, v)) = first {
+        for (i, p) in parts.iter().enumerate() {
+            if get(p.config()).is_none() {
+                tracing::warn!(part = %labels[i], %key, value = %v, "part does not name it; keeping the other parts' value");
+            }
+        }
+    }
+    Ok(first.map(|(_, v)| v.clone()))
+}
+
+/// Sums `parts` (in this order) into one adapter; see the module documentation for the layout and config.
+/// Refuses fewer than two parts, parts whose factors for the same module disagree in shape (different
+/// bases), and parts naming different `base_model_name_or_path` or `revision`.
+pub fn combine(parts: &[&LoraAdapter]) -> Result<Combined, CombineError> {
+    if parts.len() < 2 {
+        return Err(CombineError::TooFewParts { got: parts.len() });
+    }
+    let labels: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| part_label(i, p))
+        .collect();
+    let base = agreed(parts, &labels, "base_model_name_or_path", |c| {
+        c.base_model_name_or_path.as_ref()
+    })?;
+    let revision = agreed(parts, &labels, "revision", |c| c.revision.as_ref())?;
+
+    let mut modules = BTreeSet::new();
+    for p in parts {
+        modules.extend(p.attention_modules().map(|(l, a)| Module::Attn(l, a)));
+        modules.extend(p.expert_modules().map(|(l, e)| Module::Expert(l, e)));
+    }
+    let expert_layers_both: BTreeSet<usize> = modules
+        .iter()
+        .filter_map(|m| match m {
+            Module::Expert(l, ExpertProj::GateUp)
+                if modules.contains(&Module::Expert(*l, ExpertProj::Down)) =>
+            {
+                Some(*l)
+            }
+            _ => None,
+        })
+        .collect();
+
+    let mut tensors = Vec::with_capacity(modules.len() * 2);
+    let mut summary_modules = Vec::with_capacity(modules.len());
+    for &m in &modules {
+        let present: Vec<(usize, &[f32], &[f32], Dims, f32)> = parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| m.of(p).map(|(a, b, d, s)| (i, a, b, d, s)))
+            .collect();
+        let (first_i, .., first_d, _) = present[0];
+        for &(i, _, _, d, _) in &present[1..] {
+            if let Some(what) = d.differs(&first_d) {
+                let layer_both = |k: usize| match m {
+                    Module::Expert(l, _) => both_experts(parts[k], l),
+                    Module::Attn(..) => false,
+                };
+                return Err(CombineError::ShapeMismatch {
+                    part: labels[i].clone(),
+                    module: m.path(),
+                    key: m.key(layer_both(i), Factor::A),
+                    shape: d.shapes(),
+                    first: labels[first_i].clone(),
+                    first_shape: first_d.shapes(),
+                    what,
+                });
+            }
+        }
+        let Dims {
+            experts: n_exp,
+            in_features: n_in,
+            out_features: n_out,
+            ..
+        } = first_d;
+        let rank: usize = present.iter().map(|p| p.3.r).sum();
+        let mut part_ranks = vec![0; parts.len()];
+        for p in &present {
+            part_ranks[p.0] = p.3.r;
+        }
+
+        // A: expert-major blocks of `rank` rows, each part's rows of that expert in part order
+        let mut a = Vec::with_capacity(rank * n_exp * n_in);
+        for e in 0..n_exp {
+            for &(_, pa, _, d, _) in &present {
+                let n = d.r * n_in;
+                a.extend_from_slice(&pa[e * n..(e + 1) * n]);
+            }
+        }
+        // B: each output row is the parts' scaled rows side by side (rank-major columns j·E + e)
+        let mut b = Vec::with_capacity(n_out * rank * n_exp);
+        for o in 0..n_out {
+            for &(_, _, pb, d, s) in &present {
+                let w = d.r * n_exp;
+                b.extend(pb[o * w..(o + 1) * w].iter().map(|v| s * v));
+            }
+        }
+        if let Some(bad) = b.iter().position(|v| !v.is_finite()) {
+            // find the part and index the bad value came from
+            let (o, col) = (bad / (rank * n_exp), bad % (rank * n_exp));
+            let mut start = 0;
+            for &(i, _, _, d, s) in &present {
+                let w = d.r * n_exp;
+                if col < start + w {
+                    let layer_both = match m {
+                        Module::Expert(l, _) => both_experts(parts[i], l),
+                        Module::Attn(..) => false,
+                    };
+                    return Err(CombineError::NonFinite {
+                        part: labels[i].clone(),
+                        key: m.key(layer_both, Factor::B),
+                        scale: s,
+                        index: o * w + (col - start),
+                    });
+                }
+                start += w;
+            }
+        }
+        let both = matches!(m, Module::Expert(l, _) if expert_layers_both.contains(&l));
+        tracing::debug!(module = %m, rank, ?part_ranks, "combined");
+        tensors.push((m.key(both, Factor::A), vec![rank * n_exp, n_in], a));
+        tensors.push((m.key(both, Factor::B), vec![n_out, rank * n_exp], b));
+        summary_modules.push(CombinedModule {
+            path: m.path(),
+            expert: matches!(m, Module::Expert(..)),
+            part_ranks,
+            rank,
+        });
+    }
+
+    // r: the most common total rank, the larger on a tie
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for m in &summary_modules {
+        *counts.entry(m.rank).or_default() += 1;
+    }
+    let r = counts
+        .iter()
+        .max_by_key(|(rank, n)| (**n, **rank))
+        .map_or(1, |(rank, _)| *rank);
+    let target_modules = summary_modules
+        .iter()
+        .filter(|m| !m.expert)
+        .map(|m| m.path.clone())
+        .collect();
+    let target_parameters = summary_modules
+        .iter()
+        .filter(|m| m.expert)
+        .map(|m| m.path.clone())
+        .collect();
+    let mut config = AdapterConfig::new_gpt_oss(r, r as f64, target_modules, target_parameters);
+    config.base_model_name_or_path = base.clone();
+    config.revision = revision.clone();
+    let task_types: BTreeSet<Option<&String>> = parts
+        .iter()
+        .map(|p| p.config().task_type.as_ref())
+        .collect();
+    if task_types.len() == 1 {
+        config.task_type = task_types.into_iter().next().flatten().cloned();
+    }
+    // patterns in reverse module order, so that set_module_rank (which puts each entry first) leaves them
+    // in module order
+    let mut rank_pattern_entries = 0;
+    for m in summary_modules.iter().rev() {
+        if m.rank != r {
+            config.set_module_rank(&m.path, m.rank, m.rank as f64);
+            rank_pattern_entries += 1;
+        }
+    }
+
+    let summary = CombineSummary {
+        parts: parts.len(),
+        part_labels: labels,
+        total_rank: summary_modules.iter().map(|m| m.rank).sum(),
+        max_rank: summary_modules.iter().map(|m| m.rank).max().unwrap_or(0),
+        modules: summary_modules,
+        r,
+        rank_pattern_entries,
+        tensors: tensors.len(),
+        parameters: tensors.iter().map(|t| t.2.len()).sum(),
+        base_model_name_or_path: base,
+        revision,
+    };
+    let adapter = LoraAdapter::from_parts(config, tensors)?;
+    tracing::info!(
+        parts = summary.parts,
+        modules = summary.modules.len(),
+        r = summary.r,
+        rank_pattern = summary.rank_pattern_entries,
+        total_rank = summary.total_rank,
+        "adapters combined"
+    );
+    Ok(Combined { adapter, summary })
+}
+
+/// [`combine`] of adapter directories: loads each (naming the directory on error), then combines.
+pub fn combine_dirs(dirs: &[&Path]) -> Result<Combined, CombineDirsError> {
+    let mut parts = Vec::with_capacity(dirs.len());
+    for (i, d) in dirs.iter().enumerate() {
+        let a = LoraAdapter::load(d).map_err(|source| CombineDirsError::Load {
+            index: i + 1,
+            dir: d.display().to_string(),
+            source,
+        })?;
+        parts.push(a);
+    }
+    let refs: Vec<&LoraAdapter> = parts.iter().collect();
+    Ok(combine(&refs)?)
+}
+
+/// Errors of [`combine_dirs`].
+#[derive(Debug, thiserror::Error)]
+pub enum CombineDirsError {
+    /// A part could not be read.
+    #[error("part {index} ({dir}): {source}")]
+    Load {
+        /// 1-based position of the part
+        index: usize,
+        /// the directory
+        dir: String,
+        /// why
+        source: AdapterError,
+    },
+    /// The parts could not be combined.
+    #[error(transparent)]
+    Combine(#[from] CombineError),
+}
