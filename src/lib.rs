@@ -3,6 +3,7 @@
 //! `checkpoint` reads and writes Hugging Face checkpoints in the gpt-oss release format,
 //! `model` is gpt-oss in burn (module paths equal tensor names), `cli` is the command line.
 
+pub mod adapter_report;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -1,5 +1,6 @@
 //! `lora-qat inspect`: describe and validate a base checkpoint (directory or hub repo id), or
-//! estimate sizes from a bare `config.json`.
+//! estimate sizes from a bare `config.json`, or describe an adapter directory
+//! ([`crate::adapter_report`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -25,6 +26,9 @@ pub struct InspectArgs {
     /// LoRA rank assumed by the training memory estimate.
     #[arg(long, alias = "lora_r", default_value_t = 16)]
     pub lora_r: usize,
+    /// For an adapter directory: the base to check it against (targets, shapes, fingerprint).
+    #[arg(long, alias = "base-path", alias = "base_path")]
+    pub base: Option<String>,
 }
 
 /// Runs `inspect`; fails (after printing the report) when validation finds errors.
@@ -35,11 +39,11 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         InspectReport::from_config(&args.path, &config, args.lora_r)
     } else {
         let dir = resolve_model(&args.path)?;
-        if dir.join("adapter_config.json").is_file() && !dir.join("config.json").is_file() {
-            bail!(
-                "{} is a PEFT adapter directory; `inspect` describes base checkpoints and exports",
-                dir.display()
-            );
+        if dir.join(adapters::CONFIG_FILE).is_file() && !dir.join("config.json").is_file() {
+            return run_adapter(&dir, args);
+        }
+        if args.base.is_some() {
+            bail!("--base is for inspecting an adapter directory; {} is not one", dir.display());
         }
         let ck = Checkpoint::open(&dir)?;
         InspectReport::from_checkpoint(&dir.display().to_string(), &ck, !args.no_scan, args.lora_r)
@@ -51,6 +55,20 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     }
     if !report.verdict.ok {
         bail!("{}", report.verdict.summary);
+    }
+    Ok(())
+}
+
+/// `inspect` of an adapter directory; fails (after printing the report) on any error.
+fn run_adapter(dir: &Path, args: &InspectArgs) -> Result<()> {
+    let report = crate::adapter_report::inspect(dir, args.base.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::adapter_report::render(&report));
+    }
+    if !report.ok() {
+        bail!("{}: {}", dir.display(), report.errors.join("; "));
     }
     Ok(())
 }
