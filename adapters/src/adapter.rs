@@ -105,7 +105,8 @@ pub const IN_MEMORY: &str = "<in-memory adapter>";
 impl LoraAdapter {
     /// Builds an adapter from a config and named tensors (PEFT key names, f32, row-major), checking that
     /// every key is a known gpt-oss LoRA key, shapes match their data, each A has its B, ranks agree with
-    /// `r`/`rank_pattern`, expert stacks are whole, and values are finite.
+    /// `r`/`rank_pattern`, expert stacks are whole, and values are finite. Whether the tensors are the
+    /// ones the config targets is checked against a base by [`validate`](Self::validate).
     pub fn from_parts(
         config: AdapterConfig,
         tensors: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>,
@@ -157,9 +158,7 @@ impl LoraAdapter {
             let parsed = keys::parse_key(key).ok_or_else(|| AdapterError::UnknownKey {
                 path: path.into(),
                 key: key.clone(),
-                message: "not a gpt-oss LoRA key (expected base_model.model.model.layers.{l}.self_attn.{q,k,v,o}_proj \
-                          or ...mlp.experts[.base_layer], then .lora_A.weight / .lora_B.weight)"
-                    .into(),
+                message: keys::describe_unsupported(key),
             })?;
             let (factor, partner) = match parsed {
                 ParsedKey::Attention {
@@ -219,13 +218,16 @@ impl LoraAdapter {
                 }
                 ParsedKey::ExpertWrapper { layer, nested, .. } => {
                     let proj =
-                        keys::expert_proj_of(&targets, layer, nested).map_err(|message| {
+                        keys::attribute_expert(&targets, layer, nested).map_err(|message| {
                             AdapterError::UnknownKey {
                                 path: path.into(),
                                 key: key.clone(),
                                 message,
                             }
                         })?;
+                    // no expert weight of this layer targeted: kept, refused by `validate` (and
+                    // reported by `coverage`), which can tell gate_up from down by the base's shapes
+                    let Some(proj) = proj else { continue };
                     let param = keys::expert_param(layer, proj);
                     let r = config.rank_for(&param);
                     let rows = t.shape[0];

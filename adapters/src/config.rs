@@ -1,19 +1,76 @@
 //! `adapter_config.json`: PEFT's LoRA config. Known keys are typed; every other key is kept verbatim in
 //! `extra` so that a load + save gives back an equal JSON value.
 
-
 use serde_json::{Map, Number, Value};
 
 use crate::pattern;
 
-/// Which modules `target_modules` names: PEFT accepts a list (exact name or `.`-suffix) or one regex string
-/// (full match).
+/// Which modules `target_modules` (or `exclude_modules`) names: PEFT accepts a list (exact name or
+/// `.`-suffix) or one regex string (full match); the string `"all-linear"` (any case) in
+/// `target_modules` means every `nn.Linear` but the output head, i.e. attention q/k/v/o here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TargetModules {
     /// names matched exactly or as a `.`-separated suffix of the module path
     List(Vec<String>),
     /// a regular expression that must match the whole module path
     Regex(String),
+}
+
+impl TargetModules {
+    /// True for PEFT's `"all-linear"` shorthand (compared case-insensitively, as PEFT does).
+    pub fn is_all_linear(&self) -> bool {
+        matches!(self, TargetModules::Regex(s) if s.eq_ignore_ascii_case(crate::targets::ALL_LINEAR))
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            TargetModules::Regex(s) => Value::String(s.clone()),
+            TargetModules::List(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
+        }
+    }
+}
+
+/// `layers_to_transform`: one layer index or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerIndexes {
+    /// a single index (PEFT compares with `==`)
+    One(usize),
+    /// a list of indexes (PEFT tests membership; an empty list means no filter)
+    List(Vec<usize>),
+}
+
+impl LayerIndexes {
+    /// True when PEFT's filter is active (an int, or a non-empty list).
+    pub fn is_active(&self) -> bool {
+        !matches!(self, LayerIndexes::List(l) if l.is_empty())
+    }
+
+    /// True when layer `l` passes the filter.
+    pub fn contains(&self, l: usize) -> bool {
+        match self {
+            LayerIndexes::One(x) => *x == l,
+            LayerIndexes::List(v) => v.contains(&l),
+        }
+    }
+}
+
+/// `layers_pattern`: the name (a regex) of the module list holding the layers, or several tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayersPattern {
+    /// one pattern
+    One(String),
+    /// patterns tried in order, the first that matches gives the index
+    List(Vec<String>),
+}
+
+impl LayersPattern {
+    /// The patterns, in order.
+    pub fn patterns(&self) -> &[String] {
+        match self {
+            LayersPattern::One(s) => std::slice::from_ref(s),
+            LayersPattern::List(v) => v,
+        }
+    }
 }
 
 /// PEFT's `LoraConfig` as stored in adapter_config.json.
@@ -27,6 +84,14 @@ pub struct AdapterConfig {
     pub lora_alpha: f64,
     /// nn.Linear-like modules adapted (attention projections here)
     pub target_modules: Option<TargetModules>,
+    /// modules never adapted, checked before `target_modules` (a list: exact or `.`-suffix; a string:
+    /// regex full match); does not apply to `target_parameters`
+    pub exclude_modules: Option<TargetModules>,
+    /// keeps only these layers among the `target_modules` suffix matches (PEFT's quirk: not regex
+    /// strings, not exact-path entries, not `target_parameters`)
+    pub layers_to_transform: Option<LayerIndexes>,
+    /// where `layers_to_transform` finds the layer index
+    pub layers_pattern: Option<LayersPattern>,
     /// parameters adapted through PEFT's ParamWrapper (the expert weights here)
     pub target_parameters: Option<Vec<String>>,
     /// the base model the adapter was trained on
@@ -73,11 +138,26 @@ impl AdapterConfig {
     /// The whole config as a JSON object (typed keys always written, PEFT style: `null` for unset).
     pub fn to_json(&self) -> Value {
         let mut m = self.extra.clone();
-        let tm = match &self.target_modules {
+        let tm = self
+            .target_modules
+            .as_ref()
+            .map_or(Value::Null, TargetModules::to_json);
+        let exclude = self
+            .exclude_modules
+            .as_ref()
+            .map_or(Value::Null, TargetModules::to_json);
+        let layers = match &self.layers_to_transform {
             None => Value::Null,
-            Some(TargetModules::Regex(s)) => Value::String(s.clone()),
-            Some(TargetModules::List(l)) => {
-                Value::Array(l.iter().cloned().map(Value::String).collect())
+            Some(LayerIndexes::One(l)) => Value::from(*l),
+            Some(LayerIndexes::List(v)) => {
+                Value::Array(v.iter().map(|&l| Value::from(l)).collect())
+            }
+        };
+        let pattern = match &self.layers_pattern {
+            None => Value::Null,
+            Some(LayersPattern::One(s)) => Value::String(s.clone()),
+            Some(LayersPattern::List(v)) => {
+                Value::Array(v.iter().cloned().map(Value::String).collect())
             }
         };
         let tp = self.target_parameters.as_ref().map_or(Value::Null, |l| {
@@ -94,11 +174,14 @@ impl AdapterConfig {
             .map(|(k, v)| (k.clone(), num(*v)))
             .collect();
         let dropout = Number::from_f64(self.lora_dropout).map_or(Value::Null, Value::Number);
-        let entries: [(&str, Value); 16] = [
+        let entries: [(&str, Value); 19] = [
             ("peft_type", Value::String(self.peft_type.clone())),
             ("r", Value::from(self.r)),
             ("lora_alpha", num(self.lora_alpha)),
             ("target_modules", tm),
+            ("exclude_modules", exclude),
+            ("layers_to_transform", layers),
+            ("layers_pattern", pattern),
             ("target_parameters", tp),
             (
                 "base_model_name_or_path",
@@ -138,14 +221,23 @@ impl AdapterConfig {
     /// LoRA scaling of the module at `module_path`: alpha/r, or alpha/sqrt(r) with rsLoRA (as PEFT computes
     /// it, in f64, then rounded to f32).
     pub fn scaling_for(&self, module_path: &str) -> f32 {
-        let r = self.rank_for(module_path) as f64;
-        let alpha = self.alpha_for(module_path);
-        let s = if self.use_rslora {
+        self.scaling_f64_for(module_path) as f32
+    }
+
+    /// [`scaling_for`](Self::scaling_for) before the rounding to f32: exactly PEFT's
+    /// `LoraLayer.scaling` (Python floats are f64, `math.sqrt` and `/` correctly rounded as here).
+    pub fn scaling_f64_for(&self, module_path: &str) -> f64 {
+        self.scaling_with(self.rank_for(module_path), self.alpha_for(module_path))
+    }
+
+    /// alpha/r, or alpha/sqrt(r) with rsLoRA.
+    pub fn scaling_with(&self, r: usize, alpha: f64) -> f64 {
+        let r = r as f64;
+        if self.use_rslora {
             alpha / r.sqrt()
         } else {
             alpha / r
-        };
-        s as f32
+        }
     }
 
     /// Gives the one module (or expert parameter) at `module_path` its own rank and alpha, as an
@@ -159,16 +251,21 @@ impl AdapterConfig {
         self.alpha_pattern.insert(0, (key, alpha));
     }
 
-    /// True when `target_modules` selects the module at `module_path` (PEFT's rule: a list entry equals the
-    /// path or a `.`-suffix of it; a string is a regex matching the whole path).
+    /// True when PEFT would wrap the module at `module_path` (a path of the gpt-oss module tree, such as
+    /// `model.layers.0.self_attn.q_proj`) through `target_modules`: PEFT 0.21's
+    /// `check_target_module_exists` with `exclude_modules`, `layers_to_transform` / `layers_pattern`
+    /// and `"all-linear"` (see [`crate::targets`]).
     pub fn targets_module(&self, module_path: &str) -> bool {
-        match &self.target_modules {
-            None => false,
-            Some(TargetModules::List(l)) => l
-                .iter()
-                .any(|t| pattern::target_list_matches(t, module_path)),
-            Some(TargetModules::Regex(re)) => pattern::target_regex_matches(re, module_path),
-        }
+        crate::targets::module_selection(self, module_path) == crate::targets::Selection::Selected
+    }
+
+    /// True when PEFT's `target_parameters` rule (`_inject_parameters`: an entry equals the parameter
+    /// path or is a `.`-suffix of it, literally) selects the parameter at `param_path`.
+    pub fn targets_parameter(&self, param_path: &str) -> bool {
+        self.target_parameters.as_deref().is_some_and(|t| {
+            t.iter()
+                .any(|e| pattern::target_list_matches(e, param_path))
+        })
     }
 
     /// True when `target_parameters` selects expert weight `proj` of `layer`.
@@ -199,11 +296,8 @@ impl AdapterConfig {
             "arrow_config",
             "corda_config",
             "eva_config",
-            "exclude_modules",
             "kasa_config",
             "layer_replication",
-            "layers_pattern",
-            "layers_to_transform",
             "lora_ga_config",
             "megatron_config",
             "modules_to_save",
@@ -226,6 +320,9 @@ impl AdapterConfig {
             r,
             lora_alpha,
             target_modules: Some(TargetModules::List(target_modules)),
+            exclude_modules: None,
+            layers_to_transform: None,
+            layers_pattern: None,
             target_parameters: Some(target_parameters),
             base_model_name_or_path: None,
             revision: None,

@@ -137,6 +137,49 @@ pub enum AdapterError {
         /// what is wrong
         message: String,
     },
+    /// The config targets a module (or expert weight) of the base whose tensors are absent.
+    #[error("{path}: tensor `{key}` is absent, but {by} selects `{module}` (PEFT would create a LoRA there and load nothing into it)")]
+    MissingTensors {
+        /// the tensor file
+        path: PathBuf,
+        /// the tensor key PEFT would read
+        key: String,
+        /// the module or parameter path
+        module: String,
+        /// the config key that selects it (`target_modules` or `target_parameters`)
+        by: String,
+    },
+    /// Tensors of a module (or expert weight) the config does not target.
+    #[error("{path}: tensor `{key}` adapts `{module}`, which the config does not target ({why}): PEFT would not load it, vLLM would apply it")]
+    Untargeted {
+        /// the tensor file
+        path: PathBuf,
+        /// the tensor key
+        key: String,
+        /// the module or parameter path
+        module: String,
+        /// what the config says instead
+        why: String,
+    },
+    /// An expert LoRA stored under `mlp.experts.lora_*` (one projection targeted in the layer) whose
+    /// shapes are those of the other projection.
+    #[error("{path}: tensor `{key}`: target_parameters selects {} of layer {layer}, but lora_A {a_shape:?} and lora_B {b_shape:?} have the shapes of its {} (gate_up_proj: A [r·E, hidden], B [2·intermediate, r·E]; down_proj: A [r·E, intermediate], B [hidden, r·E])", selected.name(), shaped.name())]
+    ExpertMismatch {
+        /// the tensor file
+        path: PathBuf,
+        /// the lora_A key
+        key: String,
+        /// the layer
+        layer: usize,
+        /// the expert weight target_parameters selects
+        selected: crate::keys::ExpertProj,
+        /// the expert weight the shapes fit
+        shaped: crate::keys::ExpertProj,
+        /// lora_A's shape
+        a_shape: Vec<usize>,
+        /// lora_B's shape
+        b_shape: Vec<usize>,
+    },
     /// save would replace an existing directory and `overwrite` was not given.
     #[error("{path}: {message}")]
     Exists {

@@ -190,6 +190,64 @@ pub fn expert_targeted(targets: &[String], layer: usize, proj: ExpertProj) -> bo
     targets.iter().any(|t| target_list_matches(t, &path))
 }
 
+/// Which expert weight the wrapper key of `layer` adapts, from the config's targets alone (PEFT's
+/// nesting): both targeted, the nested `experts.base_layer` is gate_up and `experts` is down; one
+/// targeted, `experts` is that one (for either weight: check it against the base's shapes). `Ok(None)`:
+/// the layer has no targeted expert weight, so the tensors adapt something the config does not target
+/// (`validate` refuses them, naming the weight the shapes point to).
+pub(crate) fn attribute_expert(
+    targets: &[String],
+    layer: usize,
+    nested: bool,
+) -> Result<Option<ExpertProj>, String> {
+    let gu = expert_targeted(targets, layer, ExpertProj::GateUp);
+    let down = expert_targeted(targets, layer, ExpertProj::Down);
+    if !gu && !down {
+        return Ok(None);
+    }
+    expert_proj_of(targets, layer, nested).map(Some)
+}
+
+/// What an unsupported LoRA tensor key adapts, for the message refusing it.
+pub(crate) fn describe_unsupported(key: &str) -> String {
+    const SUPPORTED: &str = "only the attention q/k/v/o_proj and the experts' gate_up_proj/down_proj can \
+         be adapted; not a gpt-oss LoRA key (expected base_model.model.model.layers.{l}.self_attn.{q,k,v,o}_proj \
+         or ...mlp.experts[.base_layer], then .lora_A.weight / .lora_B.weight)";
+    let Some(rest) = key.strip_prefix(PEFT_PREFIX) else {
+        return format!("not under `{PEFT_PREFIX}`: {SUPPORTED}");
+    };
+    let markers = [
+        (".lora_magnitude_vector", "a DoRA magnitude vector"),
+        (".lora_embedding_A", "an embedding LoRA"),
+        (".lora_embedding_B", "an embedding LoRA"),
+        (".lora_A.bias", "a LoRA bias (lora_bias)"),
+        (".lora_B.bias", "a LoRA bias (lora_bias)"),
+        (".lora_A.weight", "a LoRA"),
+        (".lora_B.weight", "a LoRA"),
+        (".lora_A.", "a LoRA saved with its adapter name in the key"),
+        (".lora_B.", "a LoRA saved with its adapter name in the key"),
+        (
+            ".modules_to_save.",
+            "a fully trained module copy (modules_to_save)",
+        ),
+    ];
+    let Some((module, what)) = markers
+        .iter()
+        .find_map(|(m, what)| rest.find(m).map(|i| (&rest[..i], *what)))
+    else {
+        return format!("not a LoRA factor: {SUPPORTED}");
+    };
+    let name = match module.rsplit('.').next().unwrap_or(module) {
+        "lm_head" => "the output head",
+        "embed_tokens" => "the token embedding",
+        "router" => "the MoE router",
+        "experts" => "the experts (under an unexpected name)",
+        "q_proj" | "k_proj" | "v_proj" | "o_proj" => "an attention projection",
+        _ => "a module",
+    };
+    format!("{what} on `{module}` ({name}) is not supported: {SUPPORTED}")
+}
+
 /// Maps a wrapper key of `layer` to the expert weight it adapts, given the config's targets.
 /// Errors (as a message) when the key cannot be attributed.
 pub fn expert_proj_of(

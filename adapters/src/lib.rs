@@ -10,23 +10,29 @@ mod adapter;
 pub mod combine;
 mod config;
 mod config_parse;
+mod coverage;
 mod error;
 pub mod json;
+mod json_order;
 mod keys;
 mod load;
 mod pattern;
 pub mod provenance;
 mod save;
+mod serving;
 pub mod signing;
+mod targets;
 mod validate;
 
 pub use adapter::{AttentionLora, ExpertLora, LoraAdapter, Tensor, IN_MEMORY};
-pub use config::{AdapterConfig, TargetModules};
+pub use config::{AdapterConfig, LayerIndexes, LayersPattern, TargetModules};
+pub use coverage::{Coverage, CoverageEntry, CoverageStatus, Site};
 pub use error::AdapterError;
 pub use keys::{
     attention_key, attention_module, expert_key, expert_param, expert_targeted, AttnProj,
     ExpertProj, Factor, PEFT_PREFIX,
 };
+pub use serving::VLLM_MAX_LORA_RANK;
 pub use validate::BaseDims;
 
 /// File name of the adapter config inside an adapter directory.

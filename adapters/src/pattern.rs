@@ -31,9 +31,46 @@ pub fn target_list_matches(target: &str, module_path: &str) -> bool {
     module_path == target || module_path.ends_with(&format!(".{target}"))
 }
 
-/// PEFT's `target_modules` string rule: the regex must match the whole module path.
+/// PEFT's `target_modules` string rule (`re.fullmatch`): the regex must match the whole module path.
+/// A regex this crate cannot compile matches nothing; [`check_regex`] reports it.
 pub fn target_regex_matches(re: &str, module_path: &str) -> bool {
     Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(module_path))
+}
+
+/// Compiles `re` the way it is used (`wrapped` gives the full pattern), for an error message when
+/// Python accepts it but Rust's `regex` cannot (look-around, backreferences).
+pub fn check_regex(re: &str, wrapped: impl Fn(&str) -> String) -> Result<(), String> {
+    Regex::new(&wrapped(re)).map(drop).map_err(|e| {
+        format!("{re:?} is not a regular expression this tool can evaluate (Rust regex syntax: no look-around or backreferences): {e}")
+    })
+}
+
+/// The full pattern `layers_pattern` entry `p` is used in: `(?:^|.*?\.){p}\.(?P<idx>\d+)\.`, matched
+/// from the start of the module path (`re.match`).
+pub fn layers_pattern_regex(p: &str) -> String {
+    format!(r"^(?:^|.*?\.){p}\.(\d+)\.")
+}
+
+/// The layer index PEFT's `check_target_module_exists` reads from `module_path` for
+/// `layers_to_transform`: without `layers_pattern` (absent or empty) the first number that follows
+/// two dotted segments (`.*?\.[^.]*\.(\d+)\.`, lazily, so `model.layers.1.mlp.experts.0.x` gives 1);
+/// with patterns, the first pattern that matches gives it. `patterns` empty means no `layers_pattern`
+/// (PEFT: `None`, `""` or `[]`; a list holding `""` is a pattern).
+pub fn layer_index(module_path: &str, patterns: &[String]) -> Option<usize> {
+    let grab = |re: &str| -> Option<usize> {
+        let caps = Regex::new(re).ok()?.captures(module_path)?;
+        caps.get(1)?.as_str().parse().ok()
+    };
+    if patterns.is_empty() {
+        return grab(r"^.*?\.[^.]*\.(\d+)\.");
+    }
+    for p in patterns {
+        let re = layers_pattern_regex(p);
+        if Regex::new(&re).is_ok_and(|r| r.is_match(module_path)) {
+            return grab(&re);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -53,6 +90,39 @@ mod tests {
         assert!(!matches("ayers.1.self_attn.q_proj", p));
         // a regex dot matches any char, as in PEFT
         assert!(matches("self_attn.q.proj", p));
+    }
+
+    #[test]
+    fn layer_index_like_peft() {
+        let none: Vec<String> = vec![];
+        assert_eq!(
+            layer_index("model.layers.12.self_attn.q_proj", &none),
+            Some(12)
+        );
+        assert_eq!(
+            layer_index("model.layers.1.mlp.experts.0.w", &none),
+            Some(1)
+        );
+        assert_eq!(layer_index("lm_head", &none), None);
+        assert_eq!(
+            layer_index("model.layers.3", &none),
+            None,
+            "needs a dot after the index"
+        );
+        let layers = vec!["layers".to_string()];
+        assert_eq!(
+            layer_index("model.layers.3.self_attn.q_proj", &layers),
+            Some(3)
+        );
+        let model = vec!["model".to_string()];
+        assert_eq!(layer_index("model.layers.3.self_attn.q_proj", &model), None);
+        let two = vec!["blocks".to_string(), "layers".to_string()];
+        assert_eq!(
+            layer_index("model.layers.2.self_attn.v_proj", &two),
+            Some(2)
+        );
+        // a list holding "" is a pattern (that needs `..`), not the default rule
+        assert_eq!(layer_index("model.layers.2.x", &[String::new()]), None);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Checking an adapter against the dimensions of the base model it will be applied to.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::adapter::{check_shape, LoraAdapter};
+use crate::adapter::{check_shape, LoraAdapter, IN_MEMORY};
+use crate::coverage::{CoverageStatus, Site};
 use crate::error::AdapterError;
-use crate::keys::{self, AttnProj, ExpertProj, Factor};
+use crate::keys::{self, AttnProj, ExpertProj, ParsedKey};
+use crate::CONFIG_FILE;
 
 /// Dimensions of the base model, given by the caller (this crate does not read checkpoints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,14 +47,31 @@ impl BaseDims {
 }
 
 impl LoraAdapter {
-    /// Checks the adapter against `dims`: every layer in range, every A/B shaped as the base implies
-    /// (ranks from r/rank_pattern, expert stacks of `r·E`), every `target_parameters` entry naming an expert
-    /// weight of this base with its tensors present, all values finite. Errors name the file and key.
+    /// Checks the adapter against `dims`: every layer in range; every A/B shaped as the base implies
+    /// (ranks from r/rank_pattern, expert stacks of `r·E`; an expert LoRA stored under
+    /// `mlp.experts.lora_*` for the one targeted weight of its layer must have that weight's shapes);
+    /// every `target_modules` / `target_parameters` entry selecting something of this base, and only
+    /// what this tool adapts; every targeted module with its tensors and every tensor targeted (see
+    /// [`coverage`](Self::coverage)); all values finite. Errors name the file and the key.
     pub fn validate(&self, dims: &BaseDims) -> Result<(), AdapterError> {
         let path = self.source.as_path();
+        let (untargeted, unattributed) = self.untargeted_experts(dims);
+        for ((layer, _), slot) in self.attention.iter() {
+            check_layer(path, &slot.a, *layer, dims)?;
+        }
+        for ((layer, _), slot) in self.experts.iter() {
+            check_layer(path, &slot.a, *layer, dims)?;
+        }
+        for (layer, _, key, _) in &untargeted {
+            check_layer(path, key, *layer, dims)?;
+        }
+        for key in &unattributed {
+            if let Some(ParsedKey::ExpertWrapper { layer, .. }) = keys::parse_key(key) {
+                check_layer(path, key, layer, dims)?;
+            }
+        }
         for &(layer, proj) in self.attention.keys() {
             let slot = &self.attention[&(layer, proj)];
-            check_layer(path, &slot.a, layer, dims)?;
             let (i, o) = dims.attention_dims(proj);
             let why = format!(
                 "{} of the base: in {i}, out {o}, rank {}",
@@ -76,7 +95,8 @@ impl LoraAdapter {
         }
         for &(layer, proj) in self.experts.keys() {
             let slot = &self.experts[&(layer, proj)];
-            check_layer(path, &slot.a, layer, dims)?;
+            let (a, b) = (&self.tensors[&slot.a].shape, &self.tensors[&slot.b].shape);
+            self.check_expert_attribution(dims, layer, proj, &slot.a, a, b)?;
             let (i, o) = dims.expert_dims(proj);
             let re = slot.r * dims.experts;
             let why = format!(
@@ -85,10 +105,25 @@ impl LoraAdapter {
                 dims.experts,
                 slot.r
             );
-            check_shape(path, &slot.a, &self.tensors[&slot.a].shape, &[re, i], &why)?;
-            check_shape(path, &slot.b, &self.tensors[&slot.b].shape, &[o, re], &why)?;
+            check_shape(path, &slot.a, a, &[re, i], &why)?;
+            check_shape(path, &slot.b, b, &[o, re], &why)?;
         }
-        self.check_targets(dims)?;
+        if let Some(key) = unattributed.first() {
+            return Err(AdapterError::Inconsistent {
+                path: path.into(),
+                key: key.clone(),
+                message: format!(
+                    "an expert LoRA of a layer target_parameters does not select, with shapes that fit \
+                     neither gate_up_proj (in {}, out {}) nor down_proj (in {}, out {}) of the base",
+                    dims.hidden,
+                    2 * dims.intermediate,
+                    dims.intermediate,
+                    dims.hidden
+                ),
+            });
+        }
+        crate::targets::check_against_base(&self.config, dims.layers, &self.config_path())?;
+        self.check_coverage(dims)?;
         for (key, t) in &self.tensors {
             if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
                 return Err(AdapterError::NonFinite {
@@ -102,45 +137,77 @@ impl LoraAdapter {
         Ok(())
     }
 
-    /// Every `target_parameters` entry must select an expert weight of this base, and each selected weight
-    /// must have its tensors.
-    fn check_targets(&self, dims: &BaseDims) -> Result<(), AdapterError> {
-        let Some(targets) = &self.config.target_parameters else {
-            return Ok(());
-        };
-        let cfg = Path::new(crate::CONFIG_FILE);
-        for t in targets {
-            let one = std::slice::from_ref(t);
-            let hits = (0..dims.layers).any(|l| {
-                ExpertProj::ALL
-                    .iter()
-                    .any(|&p| keys::expert_targeted(one, l, p))
-            });
-            if !hits {
-                return Err(AdapterError::ConfigValue {
-                    path: cfg.into(),
-                    key: "target_parameters".into(),
-                    message: format!(
-                        "entry {t:?} selects no expert weight of a base with {} layers \
-                         (expected e.g. layers.0.mlp.experts.gate_up_proj or mlp.experts.down_proj)",
-                        dims.layers
-                    ),
-                });
-            }
+    /// Where the config came from, for messages: `adapter_config.json` beside the tensor file.
+    pub(crate) fn config_path(&self) -> PathBuf {
+        if self.source == Path::new(IN_MEMORY) {
+            return PathBuf::from(format!("{IN_MEMORY} {CONFIG_FILE}"));
         }
-        for l in 0..dims.layers {
-            let both = ExpertProj::ALL
-                .iter()
-                .all(|&p| keys::expert_targeted(targets, l, p));
-            for p in ExpertProj::ALL {
-                if keys::expert_targeted(targets, l, p) && !self.experts.contains_key(&(l, p)) {
-                    return Err(AdapterError::Inconsistent {
+        self.source.with_file_name(CONFIG_FILE)
+    }
+
+    /// A layer with one targeted expert weight stores it under `mlp.experts.lora_*` whichever it is:
+    /// its shapes must be that weight's, not the other's.
+    fn check_expert_attribution(
+        &self,
+        dims: &BaseDims,
+        layer: usize,
+        proj: ExpertProj,
+        key: &str,
+        a: &[usize],
+        b: &[usize],
+    ) -> Result<(), AdapterError> {
+        let both = ExpertProj::ALL
+            .iter()
+            .all(|&p| self.config.targets_expert(layer, p));
+        let shaped = crate::coverage::expert_by_shape(dims, a, b);
+        match shaped {
+            Some(other) if !both && other != proj => Err(AdapterError::ExpertMismatch {
+                path: self.source.clone(),
+                key: key.into(),
+                layer,
+                selected: proj,
+                shaped: other,
+                a_shape: a.to_vec(),
+                b_shape: b.to_vec(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every targeted site has its tensors, every tensor is targeted.
+    fn check_coverage(&self, dims: &BaseDims) -> Result<(), AdapterError> {
+        let cov = self.coverage(dims);
+        for e in &cov.entries {
+            let attention = matches!(e.site, Site::Attention { .. });
+            match e.status {
+                CoverageStatus::Adapted => {}
+                CoverageStatus::TargetedWithoutTensors => {
+                    return Err(AdapterError::MissingTensors {
                         path: self.source.clone(),
-                        key: keys::expert_key(l, p, both, Factor::A),
-                        message: format!(
-                            "absent, but target_parameters selects {}",
-                            keys::expert_param(l, p)
-                        ),
+                        key: e.key_a.clone(),
+                        module: e.path.clone(),
+                        by: if attention {
+                            "target_modules"
+                        } else {
+                            "target_parameters"
+                        }
+                        .into(),
+                    });
+                }
+                CoverageStatus::UntargetedTensors => {
+                    let why = if attention {
+                        match crate::targets::module_selection(&self.config, &e.path) {
+                            crate::targets::Selection::Excluded => "exclude_modules excludes it",
+                            _ => "target_modules, with layers_to_transform, does not select it",
+                        }
+                    } else {
+                        "target_parameters selects no expert weight of its layer"
+                    };
+                    return Err(AdapterError::Untargeted {
+                        path: self.source.clone(),
+                        key: e.key_a.clone(),
+                        module: e.path.clone(),
+                        why: why.into(),
                     });
                 }
             }
