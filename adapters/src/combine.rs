@@ -38,26 +38,8 @@ pub enum CombineError {
         got: usize,
     },
     /// Two parts adapt the same module with factors of different shapes: adapters of different bases.
-    #[error(
-        "{part}: {module}: `{key}` is {shape} but {first} has {first_shape} for this module \
-         ({what}); the parts are adapters of different bases"
-    )]
-    ShapeMismatch {
-        /// the part that disagrees with the first one adapting the module
-        part: String,
-        /// the module path
-        module: String,
-        /// the part's lora_A key
-        key: String,
-        /// the part's lora_A and lora_B shapes, as text
-        shape: String,
-        /// the first part adapting the module
-        first: String,
-        /// its lora_A and lora_B shapes, as text
-        first_shape: String,
-        /// which dimension differs
-        what: String,
-    },
+    #[error("{0}")]
+    ShapeMismatch(Box<ShapeMismatch>),
     /// The parts' configs name different base models (or revisions).
     #[error(
         "the parts name different base models: {first} has {key} = {first_value:?}, {part} has {value:?}"
@@ -88,7 +70,42 @@ pub enum CombineError {
     },
     /// The combined tensors do not form a valid adapter (a bug in this module if it ever happens).
     #[error("building the combined adapter: {0}")]
-    Adapter(#[from] AdapterError),
+    Adapter(Box<AdapterError>),
+}
+
+impl From<AdapterError> for CombineError {
+    fn from(e: AdapterError) -> Self {
+        CombineError::Adapter(Box::new(e))
+    }
+}
+
+/// The details of [`CombineError::ShapeMismatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// the part that disagrees with the first one adapting the module
+    pub part: String,
+    /// the module path
+    pub module: String,
+    /// the part's lora_A key
+    pub key: String,
+    /// the part's lora_A and lora_B shapes, as text
+    pub shape: String,
+    /// the first part adapting the module
+    pub first: String,
+    /// its lora_A and lora_B shapes, as text
+    pub first_shape: String,
+    /// which dimension differs
+    pub what: String,
+}
+
+impl fmt::Display for ShapeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: `{}` is {} but {} has {} for this module ({}); the parts are adapters of different bases",
+            self.part, self.module, self.key, self.shape, self.first, self.first_shape, self.what
+        )
+    }
 }
 
 /// One module of the combination.
@@ -208,9 +225,9 @@ impl Module {
         }
     }
 
-    /// The factors, dims and scaling of this module in `part`, if it adapts it.
-    fn of(self, part: &LoraAdapter) -> Option<(&[f32], &[f32], Dims, f32)> {
-        match self {
+    /// The factors, dims and scaling of this module in part `index`, if it adapts it.
+    fn of(self, index: usize, part: &LoraAdapter) -> Option<Factors<'_>> {
+        let (a, b, dims, scale) = match self {
             Module::Attn(l, p) => part.attention(l, p).map(|x| {
                 let d = Dims {
                     r: x.r,
@@ -219,7 +236,7 @@ impl Module {
                     out_features: x.out_features,
                 };
                 (x.a, x.b, d, x.scale)
-            }),
+            })?,
             Module::Expert(l, p) => part.experts(l, p).map(|x| {
                 let d = Dims {
                     r: x.r,
@@ -228,8 +245,25 @@ impl Module {
                     out_features: x.out_features,
                 };
                 (x.a, x.b, d, x.scale)
-            }),
-        }
+            })?,
+        };
+        Some(Factors {
+            part: index,
+            a,
+            b,
+            dims,
+            scale,
+        })
+    }
+
+    /// Key of `factor` of this module in `part`'s own file (its expert nesting may differ from the
+    /// combination's).
+    fn key_in(self, part: &LoraAdapter, factor: Factor) -> String {
+        let both = match self {
+            Module::Expert(l, _) => both_experts(part, l),
+            Module::Attn(..) => false,
+        };
+        self.key(both, factor)
     }
 
     /// Key of `factor` in an adapter whose expert weights of this layer are `both` adapted or not.
@@ -245,6 +279,16 @@ impl fmt::Display for Module {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path())
     }
+}
+
+/// One part's factors of a module.
+#[derive(Debug, Clone, Copy)]
+struct Factors<'a> {
+    part: usize,
+    a: &'a [f32],
+    b: &'a [f32],
+    dims: Dims,
+    scale: f32,
 }
 
 /// True when `a` adapts both expert weights of `layer`.
@@ -325,27 +369,23 @@ pub fn combine(parts: &[&LoraAdapter]) -> Result<Combined, CombineError> {
     let mut tensors = Vec::with_capacity(modules.len() * 2);
     let mut summary_modules = Vec::with_capacity(modules.len());
     for &m in &modules {
-        let present: Vec<(usize, &[f32], &[f32], Dims, f32)> = parts
+        let present: Vec<Factors> = parts
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| m.of(p).map(|(a, b, d, s)| (i, a, b, d, s)))
+            .filter_map(|(i, p)| m.of(i, p))
             .collect();
-        let (first_i, .., first_d, _) = present[0];
-        for &(i, _, _, d, _) in &present[1..] {
-            if let Some(what) = d.differs(&first_d) {
-                let layer_both = |k: usize| match m {
-                    Module::Expert(l, _) => both_experts(parts[k], l),
-                    Module::Attn(..) => false,
-                };
-                return Err(CombineError::ShapeMismatch {
-                    part: labels[i].clone(),
+        let first = present[0];
+        for f in &present[1..] {
+            if let Some(what) = f.dims.differs(&first.dims) {
+                return Err(CombineError::ShapeMismatch(Box::new(ShapeMismatch {
+                    part: labels[f.part].clone(),
                     module: m.path(),
-                    key: m.key(layer_both(i), Factor::A),
-                    shape: d.shapes(),
-                    first: labels[first_i].clone(),
-                    first_shape: first_d.shapes(),
+                    key: m.key_in(parts[f.part], Factor::A),
+                    shape: f.dims.shapes(),
+                    first: labels[first.part].clone(),
+                    first_shape: first.dims.shapes(),
                     what,
-                });
+                })));
             }
         }
         let Dims {
@@ -353,48 +393,43 @@ pub fn combine(parts: &[&LoraAdapter]) -> Result<Combined, CombineError> {
             in_features: n_in,
             out_features: n_out,
             ..
-        } = first_d;
-        let rank: usize = present.iter().map(|p| p.3.r).sum();
+        } = first.dims;
+        let rank: usize = present.iter().map(|f| f.dims.r).sum();
         let mut part_ranks = vec![0; parts.len()];
-        for p in &present {
-            part_ranks[p.0] = p.3.r;
+        for f in &present {
+            part_ranks[f.part] = f.dims.r;
         }
 
         // A: expert-major blocks of `rank` rows, each part's rows of that expert in part order
         let mut a = Vec::with_capacity(rank * n_exp * n_in);
         for e in 0..n_exp {
-            for &(_, pa, _, d, _) in &present {
-                let n = d.r * n_in;
-                a.extend_from_slice(&pa[e * n..(e + 1) * n]);
+            for f in &present {
+                let n = f.dims.r * n_in;
+                a.extend_from_slice(&f.a[e * n..(e + 1) * n]);
             }
         }
         // B: each output row is the parts' scaled rows side by side (rank-major columns j·E + e)
         let mut b = Vec::with_capacity(n_out * rank * n_exp);
         for o in 0..n_out {
-            for &(_, _, pb, d, s) in &present {
-                let w = d.r * n_exp;
-                b.extend(pb[o * w..(o + 1) * w].iter().map(|v| s * v));
+            for f in &present {
+                let w = f.dims.r * n_exp;
+                b.extend(f.b[o * w..(o + 1) * w].iter().map(|v| f.scale * v));
             }
         }
         if let Some(bad) = b.iter().position(|v| !v.is_finite()) {
-            // find the part and index the bad value came from
-            let (o, col) = (bad / (rank * n_exp), bad % (rank * n_exp));
-            let mut start = 0;
-            for &(i, _, _, d, s) in &present {
-                let w = d.r * n_exp;
-                if col < start + w {
-                    let layer_both = match m {
-                        Module::Expert(l, _) => both_experts(parts[i], l),
-                        Module::Attn(..) => false,
-                    };
+            // name the part and the index the bad value came from
+            let (o, mut col) = (bad / (rank * n_exp), bad % (rank * n_exp));
+            for f in &present {
+                let w = f.dims.r * n_exp;
+                if col < w {
                     return Err(CombineError::NonFinite {
-                        part: labels[i].clone(),
-                        key: m.key(layer_both, Factor::B),
-                        scale: s,
-                        index: o * w + (col - start),
+                        part: labels[f.part].clone(),
+                        key: m.key_in(parts[f.part], Factor::B),
+                        scale: f.scale,
+                        index: o * w + col,
                     });
                 }
-                start += w;
+                col -= w;
             }
         }
         let both = matches!(m, Module::Expert(l, _) if expert_layers_both.contains(&l));
@@ -480,7 +515,7 @@ pub fn combine_dirs(dirs: &[&Path]) -> Result<Combined, CombineDirsError> {
         let a = LoraAdapter::load(d).map_err(|source| CombineDirsError::Load {
             index: i + 1,
             dir: d.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         parts.push(a);
     }
@@ -499,7 +534,7 @@ pub enum CombineDirsError {
         /// the directory
         dir: String,
         /// why
-        source: AdapterError,
+        source: Box<AdapterError>,
     },
     /// The parts could not be combined.
     #[error(transparent)]
