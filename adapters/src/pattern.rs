@@ -41,7 +41,7 @@ pub fn target_regex_matches(re: &str, module_path: &str) -> bool {
 /// Python accepts it but Rust's `regex` cannot (look-around, backreferences).
 pub fn check_regex(re: &str, wrapped: impl Fn(&str) -> String) -> Result<(), String> {
     Regex::new(&wrapped(re)).map(drop).map_err(|e| {
-        format!("{re:?} is not a regular expression this tool can evaluate (Rust regex syntax: no look-around or backreferences): {e}")
+        format!("{re:?} is a regular expression this tool cannot evaluate (Rust regex syntax: no look-around or backreferences): {e}")
     })
 }
 
