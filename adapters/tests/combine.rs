@@ -47,7 +47,7 @@ fn delta_f64(
     (d, bound)
 }
 
-/// The reference ΔW (and rounding bound) of a module: Σ over the parts that adapt it. `None` if none does.
+/// The reference ΔW (and rounding bound) of a module: Σ over the parts that adapt it.
 #[derive(Default)]
 struct Reference {
     delta: Vec<f64>,
@@ -60,9 +60,11 @@ impl Reference {
             self.delta = vec![0.0; d.len()];
             self.bound = vec![0.0; d.len()];
         }
-        for k in 0..d.len() {
-            self.delta[k] += d[k];
-            self.bound[k] += b[k];
+        for (acc, x) in self.delta.iter_mut().zip(&d) {
+            *acc += x;
+        }
+        for (acc, x) in self.bound.iter_mut().zip(&b) {
+            *acc += x;
         }
     }
 }
@@ -72,15 +74,17 @@ impl Reference {
 fn assert_close(what: &str, got: &[f64], want: &Reference) -> f64 {
     assert_eq!(got.len(), want.delta.len(), "{what}: size");
     let mut worst = 0.0f64;
-    for k in 0..got.len() {
-        let diff = (got[k] - want.delta[k]).abs();
+    for (k, (g, (w, bound))) in got
+        .iter()
+        .zip(want.delta.iter().zip(&want.bound))
+        .enumerate()
+    {
+        let diff = (g - w).abs();
         // the f64 products and sums on both sides add ~1e-16 relative, far below the f32 bound
-        let tol = want.bound[k] * (1.0 + 1e-6);
+        let tol = bound * (1.0 + 1e-6);
         assert!(
             diff <= tol,
-            "{what}[{k}]: combined {} vs Σ s·B·A {} (diff {diff:e} > bound {tol:e})",
-            got[k],
-            want.delta[k]
+            "{what}[{k}]: combined {g} vs Σ s·B·A {w} (diff {diff:e} > bound {tol:e})"
         );
         worst = worst.max(diff);
     }
