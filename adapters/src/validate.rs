@@ -196,9 +196,14 @@ impl LoraAdapter {
                 }
                 CoverageStatus::UntargetedTensors => {
                     let why = if attention {
+                        let mut unfiltered = self.config.clone();
+                        unfiltered.layers_to_transform = None;
                         match crate::targets::module_selection(&self.config, &e.path) {
                             crate::targets::Selection::Excluded => "exclude_modules excludes it",
-                            _ => "target_modules, with layers_to_transform, does not select it",
+                            _ if unfiltered.targets_module(&e.path) => {
+                                "layers_to_transform / layers_pattern leave its layer out"
+                            }
+                            _ => "no target_modules entry selects it",
                         }
                     } else {
                         "target_parameters selects no expert weight of its layer"

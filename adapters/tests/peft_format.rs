@@ -718,6 +718,7 @@ fn validate_refuses_missing_and_untargeted_tensors() {
             WEIGHTS_FILE,
             "layers.0.self_attn.q_proj.lora_A.weight",
             "does not target",
+            "layers_to_transform / layers_pattern leave its layer out",
             "vLLM would apply it",
         ],
     );
