@@ -3,43 +3,19 @@
 //! `score` on it reproduces the golden merged logits; train = serve after a QAT run; several
 //! adapters; verify catches tampering; bad inputs leave nothing behind.
 
+mod cli_support;
 mod export_support;
 mod model_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use adapters::LoraAdapter;
+use cli_support::{bin, err, ok, s, train_tiny};
 use export_support::*;
 use model_support::*;
 use safetensors::SafeTensors;
-
-fn bin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lora-qat"))
-        .env("LORA_QAT_LOG", "warn")
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "succeeded");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn export(adapters: &[&Path], out: &Path, extra: &[&str]) -> Output {
     let base = fixture().join("base");
@@ -212,32 +188,7 @@ fn fixture_export_equals_the_reference_and_verifies() {
 
 /// A short QAT run on the fixture; returns its output directory (the final adapter).
 fn train(dir: &Path) -> PathBuf {
-    let run = dir.join("run");
-    let (base, data) = (fixture().join("base"), fixture().join("data/train.jsonl"));
-    ok(&bin(&[
-        "train",
-        "--base",
-        s(&base),
-        "--data",
-        s(&data),
-        "--output-dir",
-        s(&run),
-        "--max-steps",
-        "8",
-        "--learning-rate",
-        "1e-2",
-        "--per-device-train-batch-size",
-        "4",
-        "--lora-r",
-        "4",
-        "--lora-alpha",
-        "8",
-        "--chat-template-date",
-        "2026-01-01",
-        "--save-strategy",
-        "no",
-    ]));
-    run
+    train_tiny(dir, 8, &["--save-strategy", "no"])
 }
 
 #[test]
