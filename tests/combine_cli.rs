@@ -173,10 +173,14 @@ fn combined_adapter_scores_like_peft_with_both_adapters() {
     assert_eq!(summary["rank_pattern_entries"], 11);
     assert_eq!(summary["parts"].as_array().unwrap().len(), 2);
     assert_eq!(summary["base_model_name_or_path"], "tiny-gpt-oss");
-    let written: u64 = ["adapter_config.json", "adapter_model.safetensors"]
-        .iter()
-        .map(|f| std::fs::metadata(c.join(f)).unwrap().len())
-        .sum();
+    let written: u64 = [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(c.join(f)).unwrap().len())
+    .sum();
     assert_eq!(summary["bytes"], written);
     assert_eq!(
         entries(dir.path()),
@@ -185,7 +189,12 @@ fn combined_adapter_scores_like_peft_with_both_adapters() {
     );
     assert_eq!(
         entries(&c),
-        vec!["adapter_config.json", "adapter_model.safetensors"]
+        vec![
+            "README.md",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "lora_qat_provenance.json"
+        ]
     );
 
     // the text summary

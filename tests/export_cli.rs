@@ -9,7 +9,7 @@ mod model_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use adapters::LoraAdapter;
 use cli_support::{bin, err, ok, s, train_tiny};

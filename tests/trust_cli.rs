@@ -373,3 +373,74 @@ fn keygen_refuses_to_overwrite_and_bad_key_files_are_named() {
     ]));
     assert!(e.contains("not a lora-qat secret key"), "{e}");
 }
+
+#[test]
+fn combine_lists_its_parts_and_refuses_other_bases_and_tampered_parts() {
+    let t = tempfile::tempdir().unwrap();
+    let second = copy_of_trained(t.path());
+    let out = t.path().join("combined");
+    ok(&bin(&[
+        "combine",
+        s(trained()),
+        s(&second),
+        "--output-path",
+        s(&out),
+    ]));
+    let p = sidecar(&out);
+    assert_eq!(p["origin"], "combine");
+    assert_eq!(p["base"], sidecar(trained())["base"]);
+    let parts = p["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    let digest = provenance::sha256_bytes(&fs::read(trained().join(PROVENANCE_FILE)).unwrap());
+    assert_eq!(parts[0]["provenance_sha256"], digest.as_str());
+    assert_eq!(parts[1]["provenance"]["origin"], "train");
+    assert!(p["files"].get("README.md").is_some());
+    let report = ok(&inspect(&out, Some(&base())));
+    assert!(
+        report.contains("[match]") && report.contains("part 1"),
+        "{report}"
+    );
+
+    // a part that records another base
+    let other = t.path().join("other");
+    copy_dir(trained(), &other);
+    let side = other.join(PROVENANCE_FILE);
+    let mut v = sidecar(&other);
+    v["base"]["fingerprint"] = format!("sha256:{}", "0".repeat(64)).into();
+    fs::write(&side, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
+    let out2 = t.path().join("combined2");
+    let e = err(&bin(&[
+        "combine",
+        s(trained()),
+        s(&other),
+        "--output-path",
+        s(&out2),
+    ]));
+    assert!(e.contains("part 2") && e.contains("another base"), "{e}");
+    assert!(!out2.exists());
+
+    // a tampered part
+    let w = second.join("adapter_model.safetensors");
+    let mut b = fs::read(&w).unwrap();
+    let n = b.len() - 9;
+    b[n] ^= 4;
+    fs::write(&w, b).unwrap();
+    let e = err(&bin(&[
+        "combine",
+        s(trained()),
+        s(&second),
+        "--output-path",
+        s(&out2),
+    ]));
+    assert!(
+        e.contains("part 2") && e.contains("adapter_model.safetensors"),
+        "{e}"
+    );
+    assert!(!out2.exists());
+    let leftovers: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -53,6 +53,18 @@ impl LoraAdapter {
     /// An existing `dir` is refused unless `overwrite`, and even then only when it is empty or an adapter
     /// directory (holds adapter_config.json); it is replaced as a whole.
     pub fn save(&self, dir: &Path, overwrite: bool) -> Result<(), AdapterError> {
+        self.save_with(dir, overwrite, |_| Ok(()))
+    }
+
+    /// [`save`](Self::save), letting `extra` add files (a model card, the provenance sidecar) to
+    /// the temporary directory after the adapter files and before everything is synced and renamed
+    /// into place: what it writes is part of the atomic write, and its error aborts it.
+    pub fn save_with<E: From<AdapterError>>(
+        &self,
+        dir: &Path,
+        overwrite: bool,
+        extra: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<(), E> {
         let name = dir.file_name().ok_or_else(|| AdapterError::Exists {
             path: dir.to_path_buf(),
             message: "not a directory name that can be written".into(),
@@ -71,7 +83,12 @@ impl LoraAdapter {
         let tag = format!("{}-{}-{stamp}", name.to_string_lossy(), std::process::id());
         let tmp = parent.join(format!(".{tag}.tmp"));
         fs::create_dir(&tmp).map_err(io(&tmp, "creating directory"))?;
-        if let Err(e) = self.write_files(&tmp) {
+        let written = self
+            .write_files(&tmp)
+            .map_err(E::from)
+            .and_then(|()| extra(&tmp))
+            .and_then(|()| sync_files(&tmp).map_err(E::from));
+        if let Err(e) = written {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
@@ -96,9 +113,9 @@ impl LoraAdapter {
         } else {
             fs::rename(&tmp, dir).map_err(io(dir, "renaming into place"))
         };
-        if result.is_err() {
+        if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp);
-            return result;
+            return Err(e.into());
         }
         // make the rename durable
         File::open(&parent)
@@ -138,6 +155,19 @@ impl LoraAdapter {
             .map_err(io(&st_path, "syncing"))?;
         Ok(())
     }
+}
+
+/// Syncs every file of `dir` (what `extra` wrote too) and the directory itself.
+fn sync_files(dir: &Path) -> Result<(), AdapterError> {
+    for entry in fs::read_dir(dir).map_err(io(dir, "listing"))? {
+        let path = entry.map_err(io(dir, "listing"))?.path();
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&path, "syncing"))?;
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "syncing"))
 }
 
 fn check_replaceable(dir: &Path, overwrite: bool) -> Result<(), AdapterError> {

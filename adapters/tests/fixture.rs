@@ -102,7 +102,10 @@ fn built_adapter_round_trips() {
     let cfg = AdapterConfig::new_gpt_oss(
         r,
         16.0,
-        vec!["q_proj".into(), "o_proj".into()],
+        vec![
+            "layers.1.self_attn.q_proj".into(),
+            "layers.1.self_attn.o_proj".into(),
+        ],
         vec![
             "layers.1.mlp.experts.gate_up_proj".into(),
             "layers.1.mlp.experts.down_proj".into(),

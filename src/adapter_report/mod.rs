@@ -10,7 +10,7 @@ use std::path::Path;
 
 use adapters::provenance::{self, Provenance};
 use adapters::signing;
-use adapters::{ExpertProj, LoraAdapter};
+use adapters::LoraAdapter;
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -140,7 +140,10 @@ impl AdapterReport {
 }
 
 fn tensor_info(key: &str, shape: &[usize], data: &[f32]) -> TensorInfo {
-    let l2 = data.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    let l2 = data
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>();
     TensorInfo {
         key: key.to_string(),
         shape: shape.to_vec(),
@@ -176,7 +179,7 @@ fn modules(a: &LoraAdapter) -> Vec<ModuleInfo> {
             parameters: lo.a.len() + lo.b.len(),
         });
     }
-    out.sort_by(|x, y| (x.layer, order(x.proj)).cmp(&(y.layer, order(y.proj))));
+    out.sort_by_key(|m| (m.layer, order(m.proj)));
     out
 }
 
@@ -191,7 +194,10 @@ pub const COLUMNS: [&str; 6] = [
 ];
 
 fn order(proj: &str) -> usize {
-    COLUMNS.iter().position(|c| *c == proj).unwrap_or(COLUMNS.len())
+    COLUMNS
+        .iter()
+        .position(|c| *c == proj)
+        .unwrap_or(COLUMNS.len())
 }
 
 fn provenance_info(dir: &Path, errors: &mut Vec<String>) -> ProvenanceInfo {
@@ -313,23 +319,8 @@ pub fn inspect(dir: &Path, base: Option<&str>) -> Result<AdapterReport> {
         layers,
         provenance,
         base,
-        serving_warnings: serving_warnings(&adapter),
+        serving_warnings: adapter.serving_warnings(),
         notes,
         errors,
     })
-}
-
-/// What vLLM would reject (the adapters crate knows the rules).
-fn serving_warnings(a: &LoraAdapter) -> Vec<String> {
-    let mut w = Vec::new();
-    let layers: std::collections::BTreeSet<usize> = a.expert_modules().map(|(l, _)| l).collect();
-    for l in layers {
-        let has = |p| a.experts(l, p).is_some();
-        if has(ExpertProj::GateUp) != has(ExpertProj::Down) {
-            w.push(format!(
-                "layer {l}: only one of the experts' gate_up_proj/down_proj is adapted"
-            ));
-        }
-    }
-    w
 }

@@ -70,7 +70,10 @@ fn provenance(r: &AdapterReport, s: &mut String) {
     if let Some(v) = &p.provenance {
         line(
             "  written by",
-            format!("{} {} ({}) at {}", v.tool, v.tool_version, v.origin, v.created),
+            format!(
+                "{} {} ({}) at {}",
+                v.tool, v.tool_version, v.origin, v.created
+            ),
         );
         line(
             "  base",
@@ -89,7 +92,13 @@ fn provenance(r: &AdapterReport, s: &mut String) {
         }
         let t = &v.training;
         if t.is_object() {
-            let keys = ["global_step", "learning_rate", "lora_r", "lora_alpha", "seed"];
+            let keys = [
+                "global_step",
+                "learning_rate",
+                "lora_r",
+                "lora_alpha",
+                "seed",
+            ];
             let facts: Vec<String> = keys
                 .iter()
                 .filter_map(|k| t.get(*k).map(|x| format!("{k}={x}")))
@@ -100,7 +109,10 @@ fn provenance(r: &AdapterReport, s: &mut String) {
             line(&format!("  part {i}"), part.to_string());
         }
         for (name, f) in &v.files {
-            line("  file", format!("{name} {} bytes sha256 {}", f.bytes, f.sha256));
+            line(
+                "  file",
+                format!("{name} {} bytes sha256 {}", f.bytes, f.sha256),
+            );
         }
     }
     if p.signatures.is_empty() && p.status != "none" {
@@ -140,7 +152,11 @@ pub fn render(r: &AdapterReport) -> String {
             "r {} alpha {} ({}; scaling {})",
             r.r,
             r.lora_alpha,
-            if r.use_rslora { "rsLoRA: alpha/√r" } else { "alpha/r" },
+            if r.use_rslora {
+                "rsLoRA: alpha/√r"
+            } else {
+                "alpha/r"
+            },
             if r.use_rslora {
                 r.lora_alpha / (r.r as f64).sqrt()
             } else {
@@ -187,12 +203,20 @@ pub fn render(r: &AdapterReport) -> String {
     s.push('\n');
     provenance(r, &mut s);
     s.push('\n');
-    let _ = writeln!(s, "{:<72} {:>14} {:>12} {:>7}", "tensor", "l2", "max|x|", "finite");
+    let _ = writeln!(
+        s,
+        "{:<72} {:>14} {:>12} {:>7}",
+        "tensor", "l2", "max|x|", "finite"
+    );
     for t in &r.tensors {
         let _ = writeln!(
             s,
             "{:<72} {:>14.6} {:>12.6} {:>7}",
-            format!("{} {:?}", t.key.trim_start_matches(adapters::PEFT_PREFIX), t.shape),
+            format!(
+                "{} {:?}",
+                t.key.trim_start_matches(adapters::PEFT_PREFIX),
+                t.shape
+            ),
             t.l2,
             t.max_abs,
             if t.finite { "yes" } else { "NO" }

@@ -2,17 +2,19 @@
 //!
 //! The sum is [`adapters::combine::combine`] (ranks concatenated, each part's scaling folded into its B,
 //! exact in f32 up to the one rounding of s·B). The output is assembled in a staging directory beside
-//! the target (the adapter files, then [`write_provenance_sidecar`]), synced, and renamed into place;
+//! the target (the adapter files, then [`write_provenance_sidecar`]: model card and provenance
+//! sidecar listing the parts), synced, and renamed into place;
 //! an existing output is kept unless `--overwrite` (and even then only an adapter directory or an empty
 //! one is replaced); on any failure the staging directory is removed and the target is as it was.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use adapters::combine::{combine, CombineSummary};
+use adapters::provenance::{self, BaseRef, Provenance};
 use adapters::{LoraAdapter, CONFIG_FILE, WEIGHTS_FILE};
 use anyhow::{bail, Context};
+use serde_json::{json, Value};
 
 /// Arguments of `lora-qat combine`.
 #[derive(Debug, clap::Args)]
@@ -52,31 +54,91 @@ pub fn run(args: &CombineArgs) -> anyhow::Result<()> {
     warn_repeated(&args.adapters);
     let refs: Vec<&LoraAdapter> = parts.iter().collect();
     let combined = combine(&refs).context("combining the adapters")?;
-    for (l, a, b) in single_expert_layers(&combined.adapter) {
-        tracing::warn!(
-            layer = l,
-            adapted = a,
-            missing = b,
-            "the combination adapts one expert weight of this layer only: PEFT loads it, vLLM expects both"
-        );
+    for w in combined.adapter.serving_warnings() {
+        tracing::warn!("the combination, served by vLLM: {w}");
     }
-    let bytes = write_atomically(&combined.adapter, out, args.overwrite, |staging| {
-        write_provenance_sidecar(&args.adapters, staging)
-    })?;
+    combined
+        .adapter
+        .save_with(out, args.overwrite, |staging| -> anyhow::Result<()> {
+            write_provenance_sidecar(&args.adapters, staging)
+        })
+        .with_context(|| format!("writing the combined adapter {}", out.display()))?;
+    let bytes = adapters::provenance::manifest(out)?
+        .values()
+        .map(|f| f.bytes)
+        .sum();
     print_summary(&combined.summary, out, bytes, args.json);
     Ok(())
 }
 
-/// The place for the provenance sidecar of a combined adapter: called with the parts' directories (in
-/// order) and the staging directory that already holds the combined `adapter_config.json` and
-/// `adapter_model.safetensors`, before it is synced and renamed into place. Whatever it writes there is
-/// part of the output; an error aborts the whole write (nothing is left behind). Nothing yet.
+/// The provenance sidecar and model card of a combined adapter, written into the staging directory
+/// (which holds the combined adapter files) before it is renamed into place. Each part's files are
+/// checked against its own manifest (a tampered part is refused by name); parts whose provenance
+/// records different base fingerprints are refused; the sidecar lists every part (directory, the
+/// SHA-256 of its sidecar, its provenance) and takes the parts' common base, recipe and dataset.
 pub fn write_provenance_sidecar(parts: &[PathBuf], staging: &Path) -> anyhow::Result<()> {
-    tracing::debug!(
-        parts = parts.len(),
-        staging = %staging.display(),
-        "no provenance sidecar written (not implemented yet)"
+    let mut records = Vec::new();
+    let mut sealed = Vec::new();
+    for (i, dir) in parts.iter().enumerate() {
+        let s = provenance::verify(dir)
+            .with_context(|| format!("part {} ({})", i + 1, dir.display()))?;
+        records.push(json!({
+            "dir": dir.display().to_string(),
+            "provenance_sha256": s.as_ref().map(|s| s.digest()),
+            "provenance": s.as_ref().map(|s| &s.provenance),
+        }));
+        if let Some(s) = s {
+            sealed.push((i, s.provenance));
+        }
+    }
+    let mut base = BaseRef::default();
+    for (i, p) in &sealed {
+        if let (Some(a), Some(b)) = (&base.fingerprint, &p.base.fingerprint) {
+            if a != b {
+                bail!(
+                    "part {} ({}) was trained on another base than an earlier part: base fingerprint {b} \
+                     vs {a}; combine only adapters of one base",
+                    i + 1,
+                    parts[*i].display()
+                );
+            }
+        }
+        if base.fingerprint.is_none() {
+            base = p.base.clone();
+        }
+    }
+    let common = |f: fn(&Provenance) -> &Value| -> Value {
+        let vals: Vec<&Value> = sealed.iter().map(|(_, p)| f(p)).collect();
+        match vals.first() {
+            Some(v) if vals.len() == parts.len() && vals.iter().all(|x| x == v) => (*v).clone(),
+            _ => Value::Null,
+        }
+    };
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut p = Provenance::new(env!("CARGO_PKG_VERSION"), &created, "combine", base);
+    p.quantization = common(|p| &p.quantization);
+    p.parts = records;
+    let list: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("{}. `{}`", i + 1, d.display()))
+        .collect();
+    let model = p.base.model_id.clone().unwrap_or_else(|| "BASE".into());
+    let card = format!(
+        "---\nbase_model: {model}\nlibrary_name: peft\ntags:\n- lora\n- lora-qat\n- combined\n---\n\n\
+         # Combined LoRA adapter for {model}\n\n\
+         Written by `lora-qat combine`: every module's ΔW is the sum of the parts' ΔW (ranks \
+         concatenated, each part's scaling folded into its B, scaling 1). Parts, in order:\n\n{}\n\n\
+         Their provenance is listed in `lora_qat_provenance.json`.\n\n\
+         ## Merge and serve\n\n```\n\
+         lora-qat inspect THIS_DIR --base {model}\n\
+         lora-qat merge-export --lora-path THIS_DIR --base-path {model} --output-path merged/\n\
+         vllm serve merged/\n```\n",
+        list.join("\n")
     );
+    fs::write(staging.join("README.md"), card)
+        .with_context(|| format!("writing {}/README.md", staging.display()))?;
+    provenance::seal(staging, &mut p)?;
     Ok(())
 }
 
@@ -140,102 +202,6 @@ fn warn_repeated(parts: &[PathBuf]) {
             }
         }
     }
-}
-
-/// Layers where the combination adapts one expert weight but not the other: (layer, adapted, missing).
-fn single_expert_layers(a: &LoraAdapter) -> Vec<(usize, &'static str, &'static str)> {
-    use adapters::ExpertProj::{Down, GateUp};
-    let mods: Vec<_> = a.expert_modules().collect();
-    let mut out = Vec::new();
-    for &(l, p) in &mods {
-        let other = if p == GateUp { Down } else { GateUp };
-        if !mods.contains(&(l, other)) {
-            out.push((l, p.name(), other.name()));
-        }
-    }
-    out
-}
-
-/// Writes `adapter` to a staging directory beside `out`, lets `extra` add files there, syncs, and renames
-/// it into place (replacing an existing `out` only when `overwrite`; checked again here). Returns the bytes
-/// written. On failure the staging directory is removed and `out` is untouched.
-fn write_atomically(
-    adapter: &LoraAdapter,
-    out: &Path,
-    overwrite: bool,
-    extra: impl FnOnce(&Path) -> anyhow::Result<()>,
-) -> anyhow::Result<u64> {
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a directory name", out.display()))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let tag = format!(
-        ".{}.combine-{}-{stamp}",
-        name.to_string_lossy(),
-        std::process::id()
-    );
-    let staging = parent.join(format!("{tag}.tmp"));
-    let result = (|| -> anyhow::Result<u64> {
-        adapter
-            .save(&staging, false)
-            .context("writing the combined adapter")?;
-        extra(&staging)?;
-        let mut bytes = 0;
-        for entry in
-            fs::read_dir(&staging).with_context(|| format!("listing {}", staging.display()))?
-        {
-            let path = entry?.path();
-            let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            f.sync_all()
-                .with_context(|| format!("syncing {}", path.display()))?;
-            bytes += f.metadata()?.len();
-        }
-        File::open(&staging)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", staging.display()))?;
-        Ok(bytes)
-    })();
-    let bytes = match result {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    let placed = (|| -> anyhow::Result<()> {
-        if out.exists() || out.is_symlink() {
-            // the output appeared or was checked long ago: check again right before replacing it
-            check_output(out, &[], overwrite)?;
-            let old = parent.join(format!("{tag}.old"));
-            fs::rename(out, &old)
-                .with_context(|| format!("moving the old {} aside", out.display()))?;
-            if let Err(e) = fs::rename(&staging, out) {
-                let _ = fs::rename(&old, out);
-                return Err(e).with_context(|| format!("renaming into {}", out.display()));
-            }
-            fs::remove_dir_all(&old)
-                .with_context(|| format!("removing the replaced {}", old.display()))?;
-        } else {
-            fs::rename(&staging, out)
-                .with_context(|| format!("renaming into {}", out.display()))?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = placed {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", parent.display()))?;
-    Ok(bytes)
 }
 
 fn print_summary(s: &CombineSummary, out: &Path, bytes: u64, json: bool) {

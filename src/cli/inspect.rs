@@ -43,7 +43,10 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             return run_adapter(&dir, args);
         }
         if args.base.is_some() {
-            bail!("--base is for inspecting an adapter directory; {} is not one", dir.display());
+            bail!(
+                "--base is for inspecting an adapter directory; {} is not one",
+                dir.display()
+            );
         }
         let ck = Checkpoint::open(&dir)?;
         InspectReport::from_checkpoint(&dir.display().to_string(), &ck, !args.no_scan, args.lora_r)
