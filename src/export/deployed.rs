@@ -117,13 +117,16 @@ impl<'a> ExpertsJob<'a> {
         }
     }
 
-    /// Experts `range`, in parallel, in order; their base pages are released afterwards.
+    /// Experts `range`, in parallel, in order; their base pages are released afterwards. When
+    /// several fail, the error of the lowest expert is returned (deterministic, whatever the
+    /// threads' timing).
     pub fn experts(&self, range: std::ops::Range<usize>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let out = range
+        let each: Vec<Result<(Vec<u8>, Vec<u8>)>> = range
             .clone()
             .into_par_iter()
             .map(|e| self.expert(e))
             .collect();
+        let out = each.into_iter().collect();
         for e in range {
             self.base.release_bytes(self.packed.expert_blocks(e));
             self.base.release_bytes(self.packed.expert_scales(e));

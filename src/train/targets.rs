@@ -220,14 +220,7 @@ pub fn init_adapter(
 
 /// The coverage table printed before the first step: per layer, which modules are adapted.
 pub fn coverage(modules: &[Module], layers: usize) -> String {
-    let names = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_up_proj",
-        "down_proj",
-    ];
+    let names = crate::adapter_report::COLUMNS;
     let mut out = format!(
         "{:<7}{}\n",
         "layer",
