@@ -21,6 +21,7 @@ pub mod provenance;
 mod save;
 mod serving;
 pub mod signing;
+mod supported;
 mod targets;
 mod validate;
 
