@@ -216,6 +216,12 @@ fn combined_adapter_scores_like_peft_with_both_adapters() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in {text}");
     }
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.join("lora_qat_provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(side["origin"], "combine");
+    assert_eq!(side["base"]["model_id"], "tiny-gpt-oss");
+    assert_eq!(side["parts"].as_array().unwrap().len(), 2);
     // deterministic output (the provenance sidecar carries the time it was written)
     let stable = |d: &Path| {
         let mut v = snapshot(d);

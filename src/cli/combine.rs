@@ -107,6 +107,16 @@ pub fn write_provenance_sidecar(parts: &[PathBuf], staging: &Path) -> anyhow::Re
             base = p.base.clone();
         }
     }
+    if base.model_id.is_none() {
+        // parts made by PEFT: the base their configs name (combine refuses parts naming different ones)
+        for dir in parts {
+            let c = adapters::AdapterConfig::read(&dir.join(CONFIG_FILE))?;
+            if c.base_model_name_or_path.is_some() {
+                (base.model_id, base.revision) = (c.base_model_name_or_path, c.revision);
+                break;
+            }
+        }
+    }
     let common = |f: fn(&Provenance) -> &Value| -> Value {
         let vals: Vec<&Value> = sealed.iter().map(|(_, p)| f(p)).collect();
         match vals.first() {
