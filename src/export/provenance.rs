@@ -2,23 +2,25 @@
 //! the merged adapters in merge order (path, rank, alpha, targets, SHA-256 of their weights and
 //! config) and the arithmetic used.
 
-use std::path::Path;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use super::set::MergeSet;
+use super::set::{MergeSet, Source};
 use super::write::ExportDtype;
 use crate::checkpoint::Checkpoint;
 
-/// Hex SHA-256 of a file's bytes (streamed).
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", h.finalize()))
+/// SHA-256 of one of an adapter's files: from its verified manifest when it is sealed (the
+/// files were hashed by the trust check), else hashed here.
+fn adapter_file_sha256(src: &Source, name: &str) -> Result<String> {
+    let listed = src
+        .trust
+        .sealed
+        .as_ref()
+        .and_then(|s| s.provenance.files.get(name));
+    match listed {
+        Some(f) => Ok(f.sha256.clone()),
+        None => Ok(adapters::provenance::sha256_file(&src.path.join(name))?),
+    }
 }
 
 /// The provenance JSON (pretty, newline-terminated).
@@ -38,8 +40,8 @@ pub fn provenance(
             "lora_alpha": c.lora_alpha,
             "use_rslora": c.use_rslora,
             "tensors": src.tensors,
-            "adapter_model.safetensors.sha256": sha256_file(&dir.join(adapters::WEIGHTS_FILE))?,
-            "adapter_config.json.sha256": sha256_file(&dir.join(adapters::CONFIG_FILE))?,
+            "adapter_model.safetensors.sha256": adapter_file_sha256(src, adapters::WEIGHTS_FILE)?,
+            "adapter_config.json.sha256": adapter_file_sha256(src, adapters::CONFIG_FILE)?,
             "adapter_provenance": src.trust.record(),
         }));
     }
@@ -58,7 +60,7 @@ pub fn provenance(
         "version": env!("CARGO_PKG_VERSION"),
         "created": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "base": base.dir().display().to_string(),
-        "base_fingerprint": base.fingerprint()?,
+        "base_fingerprint": set.base_fingerprint,
         "experts_dtype": experts,
         "adapters": adapters,
         "tensors_merged": merged,

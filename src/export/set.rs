@@ -85,6 +85,8 @@ impl LayerLoras {
 pub struct MergeSet {
     /// The adapters, in merge order.
     pub sources: Vec<Source>,
+    /// The base's fingerprint (what the adapters' provenance was checked against).
+    pub base_fingerprint: String,
     attention: BTreeSet<(usize, AttnProj)>,
     experts: BTreeSet<(usize, adapters::ExpertProj)>,
     /// The layer read last.
@@ -134,6 +136,7 @@ impl MergeSet {
         }
         Ok(Self {
             sources,
+            base_fingerprint: fingerprint,
             attention,
             experts,
             cache: Mutex::new(None),
