@@ -3,5 +3,7 @@
 
 pub mod bf16;
 pub mod deploy;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod mxfp4;
 pub mod ops;

@@ -76,9 +76,15 @@ impl PackedWeight for CheckpointExpert {
     }
 
     fn dequantize_into(&self, out: &mut [f32]) -> Result<(), CodecError> {
-        let elements = self.shape[0] * self.shape[1];
-        let blocks = self.bytes(&self.blocks, elements / 2)?;
-        let scales = self.bytes(&self.scales, elements / mxfp4::BLOCK)?;
+        let (blocks, scales) = self.packed_bytes()?;
         mxfp4::dequantize(blocks, scales, out)
+    }
+
+    fn packed_bytes(&self) -> Result<(&[u8], &[u8]), CodecError> {
+        let elements = self.shape[0] * self.shape[1];
+        Ok((
+            self.bytes(&self.blocks, elements / 2)?,
+            self.bytes(&self.scales, elements / mxfp4::BLOCK)?,
+        ))
     }
 }

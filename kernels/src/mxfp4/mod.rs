@@ -14,7 +14,7 @@ mod error;
 pub mod fast;
 mod generic;
 pub mod reference;
-mod tables;
+pub(crate) mod tables;
 
 pub use error::CodecError;
 

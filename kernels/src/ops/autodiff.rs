@@ -12,6 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
+use super::deploy_backend::DeployBackend;
 use super::linear::LoraLinearBackend;
 use super::quant::apply_weight_transposed;
 use super::weight::{BaseWeight, Lora, Quantizer};
@@ -29,7 +30,7 @@ pub(super) fn unwrap<B: Backend>(t: Tensor<B, 2>) -> FloatTensor<B> {
 
 /// `dy · Wq` in backward ([`apply_weight_transposed`]), from the same inputs the forward already
 /// quantized successfully.
-pub(super) fn grad_input<B: Backend>(
+pub(super) fn grad_input<B: DeployBackend>(
     dy: Tensor<B, 2>,
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,

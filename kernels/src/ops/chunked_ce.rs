@@ -169,7 +169,7 @@ pub fn chunked_forward<B: Backend>(
 }
 
 /// [`chunked_forward`] on primitives.
-fn forward_primitives<B: Backend>(
+pub fn forward_primitives<B: Backend>(
     h: FloatTensor<B>,
     weight: FloatTensor<B>,
     targets: &[i64],
@@ -181,18 +181,6 @@ fn forward_primitives<B: Backend>(
 }
 
 impl ChunkedCeBackend for burn::backend::Flex {
-    fn chunked_ce_forward(
-        h: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: &[i64],
-        chunk: usize,
-    ) -> (FloatTensor<Self>, RowStats<Self>) {
-        forward_primitives::<Self>(h, weight, targets, chunk)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl ChunkedCeBackend for burn::backend::Cuda {
     fn chunked_ce_forward(
         h: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -8,6 +8,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
+use super::deploy_backend::DeployBackend;
 use super::linear::LoraLinearBackend;
 use super::quant::apply_weight;
 use super::weight::{BaseWeight, Lora, Quantizer};
@@ -86,7 +87,7 @@ pub(crate) fn rank_of<B: Backend>(lora: Option<&GroupedLora<B>>, experts: usize)
 
 /// The forward of a plain (non-autodiff) backend: per expert, its rows times `Wq_eᵀ` (built
 /// with [`quantized_weight`]) plus `bias[e]` (added while the block is hot), concatenated.
-pub fn grouped_forward<B: Backend>(
+pub fn grouped_forward<B: DeployBackend>(
     x: FloatTensor<B>,
     bases: &[BaseWeight<B>],
     bias: Option<&Tensor<B, 2>>,
@@ -121,20 +122,6 @@ pub fn grouped_forward<B: Backend>(
 }
 
 impl GroupedLoraLinearBackend for burn::backend::Flex {
-    fn grouped_lora_linear(
-        x: FloatTensor<Self>,
-        bases: &[BaseWeight<Self>],
-        bias: Option<&Tensor<Self, 2>>,
-        lora: Option<&GroupedLora<Self>>,
-        offsets: &[usize],
-        quant: Quantizer,
-    ) -> Result<FloatTensor<Self>, CodecError> {
-        grouped_forward::<Self>(x, bases, bias, lora, offsets, quant)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl GroupedLoraLinearBackend for burn::backend::Cuda {
     fn grouped_lora_linear(
         x: FloatTensor<Self>,
         bases: &[BaseWeight<Self>],

@@ -4,8 +4,6 @@
 //! the frozen bases and the offsets; each `Wq_e` is recomputed in backward, one at a time, and
 //! only when `x` needs a gradient.
 
-use std::sync::Arc;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -16,14 +14,14 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
 use super::autodiff::{grad_a, grad_b, grad_input, unwrap, wrap};
+use super::deploy_backend::DeployBackend;
 use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
 use super::linear::LoraLinearBackend;
-use super::quant::deployed_packed;
 use super::weight::{BaseWeight, Quantizer};
 use crate::mxfp4::CodecError;
 
 /// `dx = cat_e(dy_e · Wq_e)` (`[0, in]` when there are no rows).
-fn grad_x<B: Backend>(
+fn grad_x<B: DeployBackend>(
     dy: &Tensor<B, 2>,
     bases: &[BaseWeight<B>],
     lora: Option<&GroupedLora<B>>,
@@ -157,24 +155,26 @@ impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
 }
 
 /// Each expert's deployed `MXFP4(W_e + s·B_e·A_e)` as a packed base (experts without rows keep
-/// their base: no row ever reads it).
-fn deployed_bases<B: Backend>(
+/// their base: no row ever reads it); `None` when the backend rebuilds them instead
+/// ([`DeployBackend::deployed_base`]).
+fn deployed_bases<B: DeployBackend>(
     bases: &[BaseWeight<B>],
     lora: &GroupedLora<B>,
     rank: usize,
     offsets: &[usize],
-) -> Result<Vec<BaseWeight<B>>, CodecError> {
-    bases
-        .iter()
-        .enumerate()
-        .map(|(e, base)| {
-            if offsets[e + 1] == offsets[e] {
-                return Ok(base.clone());
-            }
-            let packed = deployed_packed(base, Some(&lora.expert(e, rank)))?;
-            Ok(BaseWeight::Packed(Arc::new(packed)))
-        })
-        .collect()
+) -> Result<Option<Vec<BaseWeight<B>>>, CodecError> {
+    let mut out = Vec::with_capacity(bases.len());
+    for (e, base) in bases.iter().enumerate() {
+        if offsets[e + 1] == offsets[e] {
+            out.push(base.clone());
+            continue;
+        }
+        match B::deployed_base(base, Some(&lora.expert(e, rank)))? {
+            Some(packed) => out.push(packed),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
 }
 
 /// `Tensor::cat(parts, dim)`, or zeros of `empty` when there are no parts (no experts).
@@ -228,11 +228,15 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
         let (x_tracked, a_tracked, b_tracked) = (x.is_tracked(), a.is_tracked(), b.is_tracked());
         // MXFP4 QAT with `dx` wanted: each expert's deployed weight is built once, kept packed,
         // used here and again in backward (instead of merging and quantizing a second time)
-        let deployed = quant == Quantizer::Mxfp4 && x_tracked && (a_tracked || b_tracked);
+        let wants_deployed = quant == Quantizer::Mxfp4 && x_tracked && (a_tracked || b_tracked);
         let lora_inner = lora.inner();
-        let (bases_inner, y) = if deployed {
-            let rank = rank_of(Some(lora), bases.len());
-            let packed = deployed_bases(&bases_inner, &lora_inner, rank, offsets)?;
+        let rank = rank_of(Some(lora), bases.len());
+        let packed = match wants_deployed {
+            true => deployed_bases(&bases_inner, &lora_inner, rank, offsets)?,
+            false => None,
+        };
+        let deployed = packed.is_some();
+        let (bases_inner, y) = if let Some(packed) = packed {
             let y = B::grouped_lora_linear(
                 x.primitive.clone(),
                 &packed,

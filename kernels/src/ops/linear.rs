@@ -2,10 +2,10 @@
 //! (Flex, and Cuda behind the `cuda` feature); the Autodiff implementation with the custom
 //! straight-through backward lives in `autodiff.rs`.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
+use super::deploy_backend::DeployBackend;
 use super::quant::{apply_weight, check_shapes};
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
@@ -13,7 +13,9 @@ use crate::mxfp4::CodecError;
 /// A backend that runs the LoRA-QAT linear `x · Q(W + s·B·A)ᵀ` (no bias) as one op, and its
 /// grouped all-experts form ([`GroupedLoraLinearBackend`](super::GroupedLoraLinearBackend)).
 pub trait LoraLinearBackend:
-    super::grouped::GroupedLoraLinearBackend + super::chunked_ce::ChunkedCeBackend
+    super::grouped::GroupedLoraLinearBackend
+    + super::chunked_ce::ChunkedCeBackend
+    + super::deploy_backend::DeployBackend
 {
     /// `x [n, in] -> [n, out]` with `Wq = Q(W + s·B·A)`; shapes are already checked.
     ///
@@ -30,7 +32,7 @@ pub trait LoraLinearBackend:
 
 /// The forward of a plain (non-autodiff) backend: `x · Wqᵀ` on the device of `x`
 /// ([`apply_weight`]: low rank for `Quantizer::None`).
-pub fn forward<B: Backend>(
+pub fn forward<B: DeployBackend>(
     x: FloatTensor<B>,
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
@@ -48,18 +50,6 @@ pub fn forward<B: Backend>(
 }
 
 impl LoraLinearBackend for burn::backend::Flex {
-    fn lora_linear(
-        x: FloatTensor<Self>,
-        base: &BaseWeight<Self>,
-        lora: Option<&Lora<Self>>,
-        quant: Quantizer,
-    ) -> Result<FloatTensor<Self>, CodecError> {
-        forward::<Self>(x, base, lora, quant)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl LoraLinearBackend for burn::backend::Cuda {
     fn lora_linear(
         x: FloatTensor<Self>,
         base: &BaseWeight<Self>,

@@ -1,23 +1,24 @@
-//! Building `Wq = Q(W + s·B·A)` from burn tensors. With a quantizer, the merge and the Q step
-//! go through host data and [`deploy`] (the deployed-weight function export and verify call):
-//! `Wq` is decoded from the very bytes `merge-export` writes. A device kernel can replace
-//! `quantized_weight` without changing its callers.
+//! Building `Wq = Q(W + s·B·A)` from burn tensors. With a quantizer the backend builds it
+//! ([`DeployBackend`]): on the CPU the merge and the Q step go through host data and [`deploy`]
+//! (the deployed-weight function export and verify call), so `Wq` is decoded from the very bytes
+//! `merge-export` writes; a GPU backend runs kernels with the same arithmetic.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
+use super::deploy_backend::DeployBackend;
 use super::weight::{BaseWeight, Lora, OwnedPacked, Quantizer};
 use crate::deploy::{deploy, Deployed, HostLora};
 use crate::mxfp4::CodecError;
 
 /// `W + s·B·A` (or `W` without LoRA) as a tensor on `device`. Under autodiff the LoRA part is
 /// tracked, the base never is.
-pub fn merged_weight<B: Backend>(
+pub fn merged_weight<B: DeployBackend>(
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
     device: &B::Device,
 ) -> Result<Tensor<B, 2>, CodecError> {
-    let w = base.to_dense(device)?;
+    let w = B::base_dense(base, device)?;
     Ok(match lora {
         Some(l) => w + l.b.clone().matmul(l.a.clone()).mul_scalar(l.scale),
         None => w,
@@ -57,10 +58,9 @@ fn deploy_host<B: Backend>(
     Ok((values, dtype, deployed))
 }
 
-/// `Wq = Q(W + s·B·A)` on `device`, untracked. For `Bf16`/`Mxfp4` the weight is [`deploy`]ed
-/// on the host and decoded back (what export writes, bit for bit); `None` stays on the device
-/// (`W + (B·A)·s` in burn ops).
-pub fn quantized_weight<B: Backend>(
+/// `Wq = Q(W + s·B·A)` on `device`, untracked for `Bf16`/`Mxfp4` (built by the backend: the
+/// values of what export writes, bit for bit); `None` stays in burn ops (`W + (B·A)·s`).
+pub fn quantized_weight<B: DeployBackend>(
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
     quant: Quantizer,
@@ -69,6 +69,17 @@ pub fn quantized_weight<B: Backend>(
     if quant == Quantizer::None {
         return merged_weight(base, lora, device);
     }
+    B::deployed_weight(base, lora, quant, device)
+}
+
+/// `Q(W + s·B·A)` for `Bf16`/`Mxfp4` through the host: [`deploy`]ed and decoded back (what
+/// export writes, bit for bit), uploaded to `device`.
+pub(crate) fn host_quantized_weight<B: Backend>(
+    base: &BaseWeight<B>,
+    lora: Option<&Lora<B>>,
+    quant: Quantizer,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>, CodecError> {
     let (mut values, dtype, deployed) = deploy_host(base, lora, quant)?;
     deployed.decode_into(&mut values)?;
     let data = TensorData::new(values, base.shape());
@@ -128,7 +139,7 @@ pub fn check_shapes<B: Backend>(
 
 /// `x · Q(W + s·B·A)ᵀ` (`x [n, in] -> [n, out]`). With `Quantizer::None` and a LoRA, the low-rank
 /// form `x·Wᵀ + s·(x·Aᵀ)·Bᵀ` (PEFT's forward: no dense merge); otherwise through `Wq`.
-pub fn apply_weight<B: Backend>(
+pub fn apply_weight<B: DeployBackend>(
     x: Tensor<B, 2>,
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,
@@ -150,7 +161,7 @@ pub fn apply_weight<B: Backend>(
 
 /// `dy · Q(W + s·B·A)` (`dy [n, out] -> [n, in]`), the input gradient of [`apply_weight`]; the
 /// low-rank form `dy·W + s·(dy·B)·A` with `Quantizer::None` and a LoRA.
-pub fn apply_weight_transposed<B: Backend>(
+pub fn apply_weight_transposed<B: DeployBackend>(
     dy: Tensor<B, 2>,
     base: &BaseWeight<B>,
     lora: Option<&Lora<B>>,

@@ -2,9 +2,9 @@
 //! straight-through gradient through burn's own autodiff, forming the dense `[out, in]` weight
 //! gradient on the way: slow, obviously right, the parity target of the custom op.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use super::deploy_backend::DeployBackend;
 use super::quant::{check_shapes, merged_weight, quantized_weight};
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
@@ -16,7 +16,7 @@ use crate::mxfp4::CodecError;
 ///
 /// Errors: [`CodecError::NonFinite`] when `Q` is `Bf16`/`Mxfp4` and `m` has a NaN/Inf,
 /// [`CodecError::Length`] on mismatched shapes or an MXFP4 `in` that is not a multiple of 32.
-pub fn lora_linear_reference<B: Backend>(
+pub fn lora_linear_reference<B: DeployBackend>(
     x: Tensor<B, 2>,
     base: &BaseWeight<B>,
     bias: Option<Tensor<B, 1>>,

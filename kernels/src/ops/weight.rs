@@ -18,6 +18,9 @@ pub trait PackedWeight: Send + Sync + fmt::Debug {
     fn shape(&self) -> [usize; 2];
     /// Decodes the weight into `out` (length `out * in`, row-major `[out, in]`).
     fn dequantize_into(&self, out: &mut [f32]) -> Result<(), CodecError>;
+    /// The packed bytes as they are: `blocks` (`out·in/2`, element 2j in the low nibble of byte
+    /// j) and `scales` (`out·in/32` E8M0 bytes). A device uploads these once and decodes there.
+    fn packed_bytes(&self) -> Result<(&[u8], &[u8]), CodecError>;
 }
 
 /// A packed MXFP4 weight owning its bytes: `blocks` (`out * in / 2` bytes, the checkpoint's
@@ -111,6 +114,10 @@ impl PackedWeight for OwnedPacked {
     fn dequantize_into(&self, out: &mut [f32]) -> Result<(), CodecError> {
         mxfp4::dequantize(&self.blocks, &self.scales, out)
     }
+
+    fn packed_bytes(&self) -> Result<(&[u8], &[u8]), CodecError> {
+        Ok((&self.blocks, &self.scales))
+    }
 }
 
 /// The frozen base weight of one linear, `[out, in]`. Its gradient is never computed.
@@ -148,7 +155,8 @@ impl<B: Backend> BaseWeight<B> {
         }
     }
 
-    /// The weight as a dense tensor on `device` (a packed weight is decoded by the codec).
+    /// The weight as a dense tensor on `device` (a packed weight is decoded by the host codec;
+    /// backends decode through [`DeployBackend::base_dense`](super::DeployBackend::base_dense)).
     pub fn to_dense(&self, device: &B::Device) -> Result<Tensor<B, 2>, CodecError> {
         match self {
             Self::Dense(w) => Ok(w.clone()),
@@ -168,6 +176,14 @@ impl<B: AutodiffBackend> BaseWeight<B> {
         match self {
             Self::Dense(w) => BaseWeight::Dense(w.clone().inner()),
             Self::Packed(p) => BaseWeight::Packed(Arc::clone(p)),
+        }
+    }
+
+    /// A weight of the inner backend as a (constant) weight of this one.
+    pub fn from_inner(w: BaseWeight<B::InnerBackend>) -> Self {
+        match w {
+            BaseWeight::Dense(w) => Self::Dense(Tensor::from_inner(w)),
+            BaseWeight::Packed(p) => Self::Packed(p),
         }
     }
 }

@@ -1,0 +1,257 @@
+//! The deployed weight on a CubeCL device ([`DeployBackend`] for `CubeBackend`): the packed base
+//! is read from its device copy (uploaded once, [`super::resident`]), merged with the LoRA
+//! factors already on the device and quantized there, by the kernels of `deploy_kernel.rs`.
+//! Nothing crosses to the host on the way.
+
+use std::sync::Arc;
+
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::element::BoolElement;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime, IntElement};
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::deploy_kernel::{bf16_deploy_kernel, mxfp4_deploy_kernel};
+use super::resident::{resident, Resident};
+use super::tables;
+use crate::mxfp4::{self, CodecError};
+use crate::ops::{host_quantized_weight, BaseWeight, DeployBackend, Lora, PackedWeight, Quantizer};
+
+/// Units per cube of the deploy kernels.
+const CUBE_UNITS: u32 = 256;
+
+/// The device backends of this build with f32 floats.
+type Cube<R, I, BT> = CubeBackend<R, f32, I, BT>;
+
+/// An MXFP4 weight deployed on the device: the decoded `Wq [out, in]` (f32) and, as handles,
+/// its codes (4 words per block) and scale bytes (one word per block).
+pub struct DeviceMxfp4<R: CubeRuntime> {
+    /// `Wq`, the values of the codes.
+    pub wq: CubeTensor<R>,
+    codes: Handle,
+    scales: Handle,
+    client: ComputeClient<R>,
+}
+
+impl<R: CubeRuntime> DeviceMxfp4<R> {
+    /// The packed bytes (`blocks`, `scales`) read back to the host: what `merge-export` writes.
+    pub fn bytes(&self) -> (Vec<u8>, Vec<u8>) {
+        let codes = self.client.read_one_unchecked(self.codes.clone());
+        let scales = self.client.read_one_unchecked(self.scales.clone());
+        let scales = scales.chunks_exact(4).map(|w| w[0]).collect();
+        (codes.to_vec(), scales)
+    }
+}
+
+/// A contiguous f32 tensor's handle and length, as a kernel array argument.
+fn array<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
+    let len = t.meta.shape().num_elements();
+    // SAFETY: `t` is contiguous f32 with `len` elements.
+    unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) }
+}
+
+/// A handle of `len` elements as a kernel array argument.
+fn raw<R: CubeRuntime>(handle: &Handle, len: usize) -> ArrayArg<R> {
+    // SAFETY: every caller passes the handle's exact element count.
+    unsafe { ArrayArg::from_raw_parts(handle.clone(), len) }
+}
+
+/// The LoRA factors on the device, contiguous: `(A, B, rank, scale)`; empty arrays without LoRA.
+fn factors<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    lora: Option<&Lora<Cube<R, I, BT>>>,
+    client: &ComputeClient<R>,
+) -> (CubeTensor<R>, CubeTensor<R>, u32, f32) {
+    let tensor =
+        |t: &Tensor<Cube<R, I, BT>, 2>| into_contiguous(t.clone().into_primitive().tensor());
+    match lora {
+        Some(l) => (tensor(&l.a), tensor(&l.b), l.a.dims()[0] as u32, l.scale),
+        None => {
+            let empty = || {
+                let handle = client.create_from_slice(&0f32.to_le_bytes());
+                CubeTensor::new_contiguous(
+                    client.clone(),
+                    Default::default(),
+                    Shape::new([1]),
+                    handle,
+                    DType::F32,
+                )
+            };
+            (empty(), empty(), 0, 0.0)
+        }
+    }
+}
+
+fn cube_count<R: CubeRuntime>(client: &ComputeClient<R>, units: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(CUBE_UNITS);
+    (
+        cubecl::calculate_cube_count_elemwise(client, units, dim),
+        dim,
+    )
+}
+
+/// Decodes (`quantize` false) or deploys (`true`) the packed `weight` with `lora` on `device`.
+pub fn mxfp4_on_device<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    weight: &Arc<dyn PackedWeight>,
+    lora: Option<&Lora<Cube<R, I, BT>>>,
+    quantize: bool,
+    device: &R::Device,
+) -> Result<DeviceMxfp4<R>, CodecError> {
+    let [out, inp] = weight.shape();
+    if !inp.is_multiple_of(mxfp4::BLOCK) {
+        return Err(CodecError::Length {
+            what: "packed weight `in` (must be a multiple of 32)",
+            expected: inp.next_multiple_of(mxfp4::BLOCK),
+            got: inp,
+        });
+    }
+    let Resident {
+        blocks,
+        scales,
+        lengths,
+    } = resident::<R>(weight, device)?;
+    let client = R::client(device);
+    let elements = out * inp;
+    let n_blocks = elements / mxfp4::BLOCK;
+    let (a, b, rank, scale) = factors(lora, &client);
+    let decode = tables::decode();
+    let thresholds = tables::thresholds();
+    let upper = tables::exp_upper();
+    let decode_h = client.create_from_slice(bytemuck_f32(&decode));
+    let thresholds_h = client.create_from_slice(bytemuck_u32(&thresholds));
+    let upper_h = client.create_from_slice(bytemuck_u32(upper));
+    let wq = client.empty(elements * 4);
+    let codes = client.empty(n_blocks.max(1) * 16);
+    let scales_out = client.empty(n_blocks.max(1) * 4);
+    if n_blocks > 0 {
+        let (count, dim) = cube_count(&client, n_blocks);
+        mxfp4_deploy_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            raw(&blocks, lengths[0]),
+            raw(&scales, lengths[1]),
+            array(&a),
+            array(&b),
+            raw(&decode_h, decode.len()),
+            raw(&thresholds_h, thresholds.len()),
+            raw(&upper_h, upper.len()),
+            raw(&wq, elements),
+            raw(&codes, n_blocks * 4),
+            raw(&scales_out, n_blocks),
+            rank,
+            inp as u32,
+            n_blocks as u32,
+            scale,
+            1.0,
+            0.0,
+            quantize,
+        );
+    }
+    let wq = CubeTensor::new_contiguous(
+        client.clone(),
+        device.clone(),
+        Shape::new([out, inp]),
+        wq,
+        DType::F32,
+    );
+    Ok(DeviceMxfp4 {
+        wq,
+        codes,
+        scales: scales_out,
+        client,
+    })
+}
+
+/// `bf16(W + s·B·A)` on the device of `w` (f32 holding bf16 values).
+pub fn bf16_on_device<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    w: &Tensor<Cube<R, I, BT>, 2>,
+    lora: Option<&Lora<Cube<R, I, BT>>>,
+) -> CubeTensor<R> {
+    let [out, inp] = w.dims();
+    let w = into_contiguous(w.clone().into_primitive().tensor());
+    let client = w.client.clone();
+    let (a, b, rank, scale) = factors(lora, &client);
+    let n = out * inp;
+    let result = client.empty(n.max(1) * 4);
+    if n > 0 {
+        let (count, dim) = cube_count(&client, n);
+        bf16_deploy_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            array(&w),
+            array(&a),
+            array(&b),
+            raw(&result, n),
+            rank,
+            inp as u32,
+            n as u32,
+            scale,
+            1.0,
+            0.0,
+        );
+    }
+    CubeTensor::new_contiguous(
+        client,
+        w.device.clone(),
+        Shape::new([out, inp]),
+        result,
+        DType::F32,
+    )
+}
+
+fn bytemuck_f32(values: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte is a valid u8; the length is scaled by 4.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len() * 4) }
+}
+
+fn bytemuck_u32(values: &[u32]) -> &[u8] {
+    // SAFETY: as above, for u32.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len() * 4) }
+}
+
+fn wrap<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    t: CubeTensor<R>,
+) -> Tensor<Cube<R, I, BT>, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+impl<R: CubeRuntime, I: IntElement, BT: BoolElement> DeployBackend for Cube<R, I, BT> {
+    fn base_dense(
+        base: &BaseWeight<Self>,
+        device: &Self::Device,
+    ) -> Result<Tensor<Self, 2>, CodecError> {
+        match base {
+            BaseWeight::Dense(w) => Ok(w.clone()),
+            BaseWeight::Packed(p) => Ok(wrap(
+                mxfp4_on_device::<R, I, BT>(p, None, false, device)?.wq,
+            )),
+        }
+    }
+
+    fn deployed_weight(
+        base: &BaseWeight<Self>,
+        lora: Option<&Lora<Self>>,
+        quant: Quantizer,
+        device: &Self::Device,
+    ) -> Result<Tensor<Self, 2>, CodecError> {
+        match (quant, base) {
+            (Quantizer::Mxfp4, BaseWeight::Packed(p)) => {
+                Ok(wrap(mxfp4_on_device(p, lora, true, device)?.wq))
+            }
+            (Quantizer::Bf16, BaseWeight::Dense(w)) => Ok(wrap(bf16_on_device(w, lora))),
+            // combinations the model never builds (a dense MXFP4 or packed bf16 weight)
+            _ => host_quantized_weight(base, lora, quant, device),
+        }
+    }
+
+    fn deployed_base(
+        _: &BaseWeight<Self>,
+        _: Option<&Lora<Self>>,
+    ) -> Result<Option<BaseWeight<Self>>, CodecError> {
+        // rebuilding Wq on the device costs less than keeping every expert's copy
+        Ok(None)
+    }
+}

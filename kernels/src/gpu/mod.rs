@@ -1,0 +1,9 @@
+//! CubeCL device kernels (CUDA, and Vulkan through SPIR-V, which Mesa's lavapipe runs on a CPU),
+//! each with the CPU code as its reference: the deployed expert and attention weights
+//! (bit-identical to the CPU), and the backend extensions of `ops/` on `CubeBackend`.
+
+mod backend;
+pub mod deploy;
+pub mod deploy_kernel;
+mod resident;
+mod tables;
