@@ -27,3 +27,12 @@ pub use merge::add_lora_delta;
 pub use quant::{merged_weight, quantized_weight};
 pub use reference::lora_linear_reference;
 pub use weight::{BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};
+mod flash_attention;
+mod flash_attention_reference;
+pub use flash_attention::{
+    flash_attention, AttentionDims, AttentionError, AttentionGrads, AttentionInputs, AttentionMask,
+    FlashAttentionBackend,
+};
+pub use flash_attention_reference::{
+    flash_attention_reference, flash_attention_reference_grads, HostAttention, HostGrads,
+};
