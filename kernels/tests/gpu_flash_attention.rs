@@ -28,7 +28,11 @@ fn vulkan_gradients_match_the_cpu() {
         let want = grads::<Flex>(&c, &cpu);
         let got = grads::<Vulkan>(&c, &gpu);
         let err = max_abs(&got[0], &wide(&want[0]));
-        assert!(err < 2e-5, "{}: autodiff forward max abs error {err}", c.name);
+        assert!(
+            err < 2e-5,
+            "{}: autodiff forward max abs error {err}",
+            c.name
+        );
         for (i, what) in [(1, "dq"), (2, "dk"), (3, "dv")] {
             let err = max_rel(&got[i], &wide(&want[i]));
             eprintln!("{}: {what} max rel {err:.2e}", c.name);
