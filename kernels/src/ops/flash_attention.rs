@@ -86,8 +86,9 @@ impl AttentionMask {
         }
     }
 
-    /// The keys `[lo, hi)` visible from query `q` of batch row `b` (`lo >= hi` when none).
-    pub fn key_range(&self, seq: usize, b: usize, q: usize) -> (usize, usize) {
+    /// The keys `[lo, hi)` visible from query `q` of batch row `b` (`lo >= hi` when none); the
+    /// segment starts must be `[batch·seq]` (checked by [`AttentionDims::check`]).
+    pub(crate) fn key_range(&self, seq: usize, b: usize, q: usize) -> (usize, usize) {
         let seg = self.segment_starts.as_ref().map_or(0, |s| s[b * seq + q]);
         let win = self.window.map_or(0, |w| (q + 1).saturating_sub(w));
         (seg.max(win), q + 1)
