@@ -7,6 +7,7 @@ pub mod adapter_report;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod export;
 pub mod model;
 pub mod quickstart;

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use kernels::ops::LoraLinearBackend;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::checkpoint::{resolve_model, Checkpoint};
+use crate::device::{self, DeviceChoice, Job};
 use crate::model::loss::shifted_targets;
 use crate::model::{
     causal_lm_loss, ForwardMode, GptOssForCausalLM, GradPath, PositionIds, QuantMode, IGNORE_INDEX,
@@ -50,9 +52,10 @@ pub struct ScoreArgs {
     /// Replace `--out` if it exists.
     #[arg(long)]
     pub overwrite: bool,
-    /// Compute device: `cpu`, or `cuda` (only in builds with the `cuda` feature).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    pub device: String,
+    /// Compute device: `cpu`, `cuda[:N]` (builds with the `cuda` feature) or `vulkan` (builds
+    /// with the `vulkan` feature; Mesa's lavapipe runs it on a CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
 }
 
 /// The token ids, labels and positions read from `--input`.
@@ -93,16 +96,13 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(adapters::LoraAdapter::load)
         .transpose()?;
-    let scored = match args.device.as_str() {
-        "cpu" => score_on::<burn::backend::Flex>(
-            &Default::default(),
-            ckpt,
-            adapter.as_ref(),
-            quant,
-            &inputs,
-        )?,
-        _ => score_cuda(ckpt, adapter.as_ref(), quant, &inputs)?,
+    let job = ScoreJob {
+        ckpt,
+        adapter: adapter.as_ref(),
+        quant,
+        inputs: &inputs,
     };
+    let scored = device::dispatch(args.device, job)?;
     write_outputs(&args.out, &scored)?;
     let examples = inputs
         .positions
@@ -127,6 +127,26 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// The forward, on the backend of `--device`.
+struct ScoreJob<'a> {
+    ckpt: Arc<Checkpoint>,
+    adapter: Option<&'a adapters::LoraAdapter>,
+    quant: QuantMode,
+    inputs: &'a Inputs,
+}
+
+impl Job for ScoreJob<'_> {
+    type Output = Scored;
+
+    fn run<B>(self, device: &B::Device) -> anyhow::Result<Scored>
+    where
+        B: AutodiffBackend + LoraLinearBackend,
+        B::InnerBackend: LoraLinearBackend,
+    {
+        score_on::<B::InnerBackend>(device, self.ckpt, self.adapter, self.quant, self.inputs)
+    }
 }
 
 /// The forward on backend `B`.
@@ -178,26 +198,6 @@ fn score_on<B: LoraLinearBackend>(
         loss,
         counted: rows.len(),
     })
-}
-
-#[cfg(feature = "cuda")]
-fn score_cuda(
-    ckpt: Arc<Checkpoint>,
-    adapter: Option<&adapters::LoraAdapter>,
-    quant: QuantMode,
-    inputs: &Inputs,
-) -> anyhow::Result<Scored> {
-    score_on::<burn::backend::Cuda>(&Default::default(), ckpt, adapter, quant, inputs)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn score_cuda(
-    _ckpt: Arc<Checkpoint>,
-    _adapter: Option<&adapters::LoraAdapter>,
-    _quant: QuantMode,
-    _inputs: &Inputs,
-) -> anyhow::Result<Scored> {
-    bail!("--device cuda needs a build with the `cuda` feature (cargo build --features cuda)")
 }
 
 /// An I64 tensor of rank 2 from the input file, named in errors.

@@ -27,9 +27,10 @@ macro_rules! flags {
             /// Eval data (repeatable) instead of a split of the training data.
             #[arg(long = "eval-data", visible_alias = "eval_data")]
             pub eval_data: Vec<String>,
-            /// Compute device: `cpu`, or `cuda` (builds with the `cuda` feature).
-            #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-            pub device: String,
+            /// Compute device: `cpu`, `cuda[:N]` (builds with the `cuda` feature) or `vulkan`
+            /// (builds with the `vulkan` feature; Mesa's lavapipe runs it on a CPU).
+            #[arg(long, default_value = "cpu")]
+            pub device: crate::device::DeviceChoice,
             $(
                 $(#[doc = $doc])*
                 #[arg(long = $long $(, visible_alias = $alias)*, num_args = 0..=1, default_missing_value = "true")]
@@ -175,12 +176,7 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = config(args)?;
     let s = setup(cfg)?;
-    let outcome = match args.device.as_str() {
-        "cpu" => {
-            trainer::run::<burn::backend::Autodiff<burn::backend::Flex>>(s, &Default::default())?
-        }
-        _ => run_cuda(s)?,
-    };
+    let outcome = crate::device::dispatch(args.device, TrainJob(s))?;
     let last = outcome
         .state
         .log_history
@@ -201,12 +197,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-fn run_cuda(s: crate::train::setup::Setup) -> Result<trainer::Outcome> {
-    trainer::run::<burn::backend::Autodiff<burn::backend::Cuda>>(s, &Default::default())
-}
+/// Training, on the backend of `--device`.
+struct TrainJob(crate::train::setup::Setup);
 
-#[cfg(not(feature = "cuda"))]
-fn run_cuda(_: crate::train::setup::Setup) -> Result<trainer::Outcome> {
-    bail!("--device cuda needs a build with the `cuda` feature (cargo build --features cuda)")
+impl crate::device::Job for TrainJob {
+    type Output = trainer::Outcome;
+
+    fn run<B>(self, device: &B::Device) -> Result<trainer::Outcome>
+    where
+        B: burn::tensor::backend::AutodiffBackend + kernels::ops::LoraLinearBackend,
+        B::InnerBackend: kernels::ops::LoraLinearBackend,
+    {
+        trainer::run::<B>(self.0, device)
+    }
 }

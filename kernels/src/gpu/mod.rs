@@ -2,6 +2,7 @@
 //! each with the CPU code as its reference: the deployed expert and attention weights
 //! (bit-identical to the CPU), and the backend extensions of `ops/` on `CubeBackend`.
 
+pub mod attention;
 mod backend;
 pub mod deploy;
 pub mod deploy_kernel;

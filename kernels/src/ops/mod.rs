@@ -6,6 +6,7 @@
 mod autodiff;
 mod chunked_ce;
 mod chunked_ce_autodiff;
+mod deploy_backend;
 mod grouped;
 mod grouped_autodiff;
 mod linear;
@@ -16,14 +17,17 @@ mod weight;
 
 pub use chunked_ce::{
     chunked_cross_entropy, chunked_forward, cross_entropy_reference, default_chunk_rows,
-    ChunkedCeBackend, CrossEntropyError, RowStats, DEFAULT_CHUNK_LOGITS,
+    forward_primitives as chunked_forward_primitives, ChunkedCeBackend, CrossEntropyError,
+    RowStats, DEFAULT_CHUNK_LOGITS,
 };
+pub use deploy_backend::DeployBackend;
 pub use grouped::{
     grouped_forward, grouped_lora_linear, grouped_lora_linear_frozen_bias, GroupedLora,
     GroupedLoraLinearBackend,
 };
 pub use linear::{forward, lora_linear, LoraLinearBackend};
 pub use merge::add_lora_delta;
+pub(crate) use quant::host_quantized_weight;
 pub use quant::{merged_weight, quantized_weight};
 pub use reference::lora_linear_reference;
 pub use weight::{BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};

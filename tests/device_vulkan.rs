@@ -1,0 +1,163 @@
+//! The `vulkan` device (burn's wgpu backend with the SPIR-V compiler; Mesa's lavapipe on a machine
+//! without a GPU) against the CPU on the fixture: the QAT and plain-LoRA logits, the QAT gradients
+//! of every LoRA tensor, `score --device vulkan` and two `train --device vulkan` steps.
+#![cfg(feature = "vulkan")]
+
+mod cli_support;
+mod export_support;
+mod model_support;
+
+use burn::backend::wgpu::WgpuDevice;
+use burn::backend::{Autodiff, Flex, Vulkan};
+use burn::tensor::backend::AutodiffBackend;
+use kernels::ops::LoraLinearBackend;
+use lora_qat::model::{ForwardMode, GradPath, PositionIds, QuantMode};
+use model_support::*;
+use safetensors::SafeTensors;
+
+/// Logits on the device within this of the CPU's (f32; different summation orders).
+const DEVICE_LOGITS_TOL: f32 = 1e-4;
+/// Relative L2 difference of each LoRA gradient between the device and the CPU.
+const DEVICE_GRAD_REL_TOL: f64 = 1e-4;
+
+fn mode(quant: QuantMode) -> ForwardMode {
+    ForwardMode {
+        quant,
+        path: GradPath::CustomOp,
+    }
+}
+
+fn logits<B: LoraLinearBackend>(device: &B::Device, quant: QuantMode) -> Vec<f32> {
+    let g = Golden::load();
+    let model = model::<B>(true, device);
+    let (ids, batch, seq) = g.ids("input_ids");
+    let input = model.input_ids(ids, batch, seq, device).unwrap();
+    let positions = PositionIds::contiguous(batch, seq);
+    let out = model.forward_at(input, &positions, mode(quant)).unwrap();
+    out.into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn logits_match_the_cpu() {
+    let vk = WgpuDevice::default();
+    for quant in [QuantMode::Mxfp4, QuantMode::None] {
+        let cpu = logits::<Flex>(&Default::default(), quant);
+        let gpu = logits::<Vulkan>(&vk, quant);
+        let diff = max_abs_diff(&gpu, &cpu);
+        eprintln!("{quant:?}: max |vulkan - cpu| = {diff:e}");
+        assert!(diff <= DEVICE_LOGITS_TOL, "{quant:?}: max abs diff {diff}");
+    }
+}
+
+/// `(tensor name, gradient)` of every LoRA tensor after one QAT forward and backward.
+fn grads<B>(device: &B::Device) -> Vec<(String, Vec<f32>)>
+where
+    B: AutodiffBackend + LoraLinearBackend,
+{
+    let g = Golden::load();
+    let model = model::<B>(true, device);
+    let (ids, batch, seq) = g.ids("input_ids");
+    let (labels, _, _) = g.ids("labels");
+    let input = model.input_ids(ids, batch, seq, device).unwrap();
+    let out = model
+        .forward_with_loss(input, labels, mode(QuantMode::Mxfp4))
+        .unwrap();
+    let grads = out.loss.loss.backward();
+    model
+        .lora_grads(&grads)
+        .into_iter()
+        .map(|(k, t)| {
+            let t = t.unwrap_or_else(|| panic!("no gradient for {k}"));
+            (k, t.into_data().to_vec::<f32>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn qat_gradients_match_the_cpu() {
+    let cpu = grads::<Autodiff<Flex>>(&Default::default());
+    let gpu = grads::<Autodiff<Vulkan>>(&WgpuDevice::default());
+    assert_eq!(cpu.len(), gpu.len());
+    let mut worst = 0f64;
+    for ((k, c), (k2, v)) in cpu.iter().zip(&gpu) {
+        assert_eq!(k, k2);
+        let err = rel_l2(v, c);
+        worst = worst.max(err);
+        assert!(err <= DEVICE_GRAD_REL_TOL, "{k}: relative L2 {err}");
+    }
+    eprintln!("{} LoRA gradients, worst relative L2 {worst:e}", cpu.len());
+}
+
+#[test]
+fn score_on_vulkan_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = export_support::input_file(dir.path(), "ids.safetensors", true);
+    let (base, adapter) = (fixture().join("base"), fixture().join("adapter"));
+    let mut outputs = Vec::new();
+    for device in ["cpu", "vulkan"] {
+        let out = dir.path().join(format!("{device}.safetensors"));
+        cli_support::ok(&cli_support::bin(&[
+            "score",
+            "--base",
+            cli_support::s(&base),
+            "--adapter",
+            cli_support::s(&adapter),
+            "--input",
+            cli_support::s(&input),
+            "--out",
+            cli_support::s(&out),
+            "--device",
+            device,
+        ]));
+        outputs.push(export_support::read_output(&out));
+    }
+    let (cpu, gpu) = (&outputs[0], &outputs[1]);
+    assert_eq!(cpu.0, gpu.0, "logit shapes");
+    let diff = max_abs_diff(&gpu.1, &cpu.1);
+    assert!(
+        diff <= DEVICE_LOGITS_TOL,
+        "score logits: max abs diff {diff}"
+    );
+    assert!(
+        ((gpu.2 - cpu.2) / cpu.2).abs() <= 1e-5,
+        "loss {} vs {}",
+        gpu.2,
+        cpu.2
+    );
+}
+
+/// Two QAT steps of `train --device vulkan` give the CPU's adapter (AdamW amplifies the
+/// gradients' last bits a little: 1e-3 relative per tensor).
+#[test]
+fn train_on_vulkan_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cpu_dir, gpu_dir) = (dir.path().join("cpu"), dir.path().join("gpu"));
+    std::fs::create_dir_all(&cpu_dir).unwrap();
+    std::fs::create_dir_all(&gpu_dir).unwrap();
+    let cpu = cli_support::train_tiny(&cpu_dir, 2, &["--device", "cpu"]);
+    let gpu = cli_support::train_tiny(&gpu_dir, 2, &["--device", "vulkan"]);
+    let read =
+        |run: &std::path::Path| std::fs::read(run.join("adapter_model.safetensors")).unwrap();
+    let (cpu_bytes, gpu_bytes) = (read(&cpu), read(&gpu));
+    let (c, g) = (
+        SafeTensors::deserialize(&cpu_bytes).unwrap(),
+        SafeTensors::deserialize(&gpu_bytes).unwrap(),
+    );
+    let mut names = c.names();
+    names.sort();
+    let mut g_names = g.names();
+    g_names.sort();
+    assert_eq!(names, g_names);
+    for name in names {
+        let f = |st: &SafeTensors<'_>| -> Vec<f32> {
+            st.tensor(name)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let err = rel_l2(&f(&g), &f(&c));
+        assert!(err <= 1e-3, "{name}: relative L2 {err}");
+    }
+}
