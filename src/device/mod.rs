@@ -9,8 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use kernels::ops::LoraLinearBackend;
 
 /// Where to compute.
@@ -77,10 +76,11 @@ pub fn dispatch<J: Job>(choice: DeviceChoice, job: J) -> Result<J::Output> {
 
 /// Checks that `device` answers (a one-element round trip): device backends panic deep inside
 /// when no driver or device is there, so the panic is caught here and named.
-fn probe<B: Backend>(what: &str, device: &B::Device) -> Result<()> {
+#[cfg(any(feature = "cuda", feature = "vulkan"))]
+fn probe<B: burn::tensor::backend::Backend>(what: &str, device: &B::Device) -> Result<()> {
     let device = device.clone();
     let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        Tensor::<B, 1>::ones([1], &device)
+        burn::tensor::Tensor::<B, 1>::ones([1], &device)
             .into_data()
             .iter::<f32>()
             .next()

@@ -27,6 +27,7 @@ pub use grouped::{
 };
 pub use linear::{forward, lora_linear, LoraLinearBackend};
 pub use merge::add_lora_delta;
+#[cfg(feature = "gpu")]
 pub(crate) use quant::host_quantized_weight;
 pub use quant::{merged_weight, quantized_weight};
 pub use reference::lora_linear_reference;
