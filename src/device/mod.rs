@@ -86,7 +86,7 @@ fn probe<B: burn::tensor::backend::Backend>(what: &str, device: &B::Device) -> R
             .next()
     }));
     match answer {
-        Ok(Some(v)) if v == 1.0 => Ok(()),
+        Ok(Some(1.0)) => Ok(()),
         Ok(_) => bail!("--device {what}: the device computed a wrong value in a first check"),
         Err(panic) => {
             let msg = panic
