@@ -5,6 +5,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use kernels::ops::routing;
 
 /// The tokens one expert processes.
 #[derive(Debug, Clone)]
@@ -32,19 +33,10 @@ pub struct ExpertGroups<B: Backend> {
     pub offsets: Vec<usize>,
 }
 
-/// Host-side plan: for each expert, the `(token, flat slot)` pairs routed to it.
+/// Host-side plan: for each expert, the `(token, flat slot)` pairs routed to it (the reference
+/// is [`kernels::ops::routing::plan`]). Errors on an expert id out of range.
 pub fn plan(indices: &[i64], top_k: usize, experts: usize) -> anyhow::Result<Vec<Vec<(i64, i64)>>> {
-    let mut per_expert = vec![Vec::new(); experts];
-    for (flat, &e) in indices.iter().enumerate() {
-        let e = usize::try_from(e)
-            .ok()
-            .filter(|&e| e < experts)
-            .ok_or_else(|| {
-                anyhow::anyhow!("router chose expert {e}, but the layer has {experts}")
-            })?;
-        per_expert[e].push(((flat / top_k) as i64, flat as i64));
-    }
-    Ok(per_expert)
+    Ok(routing::plan(indices, top_k, experts)?)
 }
 
 impl<B: Backend> ExpertGroups<B> {
@@ -59,30 +51,27 @@ impl<B: Backend> ExpertGroups<B> {
             let n = v.len();
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        let mut groups = Vec::new();
-        let mut order = Vec::with_capacity(flat.len());
-        let mut all_slots = Vec::with_capacity(flat.len());
-        let mut offsets = Vec::with_capacity(experts + 1);
-        offsets.push(0);
-        for (expert, pairs) in plan(flat, top_k, experts)?.into_iter().enumerate() {
-            offsets.push(offsets[expert] + pairs.len());
-            if pairs.is_empty() {
-                continue;
-            }
-            let (tokens, slots): (Vec<i64>, Vec<i64>) = pairs.into_iter().unzip();
-            order.extend_from_slice(&tokens);
-            all_slots.extend_from_slice(&slots);
-            groups.push(ExpertGroup {
-                expert,
-                len: tokens.len(),
-                tokens: int(tokens),
-                slots: int(slots),
-            });
-        }
+        let routing::Grouping {
+            order,
+            slots,
+            offsets,
+        } = routing::group_by_expert(flat, top_k, experts)?;
+        let groups = (0..experts)
+            .filter(|&e| offsets[e + 1] > offsets[e])
+            .map(|expert| {
+                let range = offsets[expert]..offsets[expert + 1];
+                ExpertGroup {
+                    expert,
+                    len: range.len(),
+                    tokens: int(order[range.clone()].to_vec()),
+                    slots: int(slots[range].to_vec()),
+                }
+            })
+            .collect();
         Ok(Self {
             groups,
             order: int(order),
-            slots: int(all_slots),
+            slots: int(slots),
             offsets,
         })
     }
@@ -93,16 +82,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plan_groups_by_expert_in_token_order() {
-        // 3 tokens, top-2, 4 experts
-        let idx = [2, 0, 0, 3, 2, 3];
-        let p = plan(&idx, 2, 4).unwrap();
-        assert_eq!(p[0], vec![(0, 1), (1, 2)]);
-        assert!(p[1].is_empty());
+    fn plan_keeps_its_error_message() {
+        let p = plan(&[2, 0, 0, 3, 2, 3], 2, 4).unwrap();
         assert_eq!(p[2], vec![(0, 0), (2, 4)]);
-        assert_eq!(p[3], vec![(1, 3), (2, 5)]);
-        assert!(plan(&[4], 1, 4).is_err());
-        assert!(plan(&[-1], 1, 4).is_err());
+        let err = plan(&[4], 1, 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "router chose expert 4, but the layer has 4"
+        );
     }
 
     #[test]
@@ -116,5 +103,11 @@ mod tests {
         assert_eq!(ints(&g.order), vec![0, 1, 0, 2, 1, 2]);
         assert_eq!(ints(&g.slots), vec![1, 2, 0, 4, 3, 5]);
         assert_eq!(g.groups.len(), 3);
+        let ids: Vec<usize> = g.groups.iter().map(|gr| gr.expert).collect();
+        assert_eq!(ids, vec![0, 2, 3]);
+        assert_eq!(ints(&g.groups[1].tokens), vec![0, 2]);
+        assert_eq!(ints(&g.groups[1].slots), vec![0, 4]);
+        assert!(g.groups.iter().all(|gr| gr.len == 2));
+        assert!(ExpertGroups::<burn::backend::Flex>::new(&[9], 1, 4, &Default::default()).is_err());
     }
 }
