@@ -20,12 +20,14 @@ const PAD: i64 = 376;
 const PAD_LEN: usize = 3;
 /// Logits of a packed example vs the same example alone: max abs difference relative to the
 /// example's largest |logit| (of order 4 here).
-/// Packing cannot be bit-exact: causal blocks reduce over a different number of (masked) keys,
-/// which moves the f32 sums by an ulp (2.4e-7 on the attention output) and the 4 layers of the
-/// random fixture amplify that. Even unpacked, the first 7 logits of a 20-token sequence differ
-/// from those of its 7-token prefix alone by 1.3e-5; the packed rows measure at most 2.3e-5.
-/// Attending across examples instead moves them by more than 1e-2 (asserted below).
-const PACKED_REL_TOL: f32 = 1e-5;
+/// Packing cannot be bit-exact: the projections and expert matmuls run on a different number of
+/// rows (the gemm blocks them differently), which moves f32 sums by an ulp, and the 4 layers of
+/// the random fixture amplify that. Even unpacked, the first 7 logits of a 20-token sequence
+/// differ from those of its 7-token prefix alone by 1.3e-5 absolute. Measured: at most 8.0e-6
+/// relative through the composite blocked attention, 1.2e-5 through the flash op the model runs
+/// (whose per-row arithmetic does not depend on the packing). Attending across examples instead
+/// moves them by more than 1e-2, 1e-1 relative (asserted below).
+const PACKED_REL_TOL: f32 = 3e-5;
 
 /// Three examples of 7, 13 and 5 tokens cut from the golden input ids.
 fn examples() -> Vec<Vec<i64>> {

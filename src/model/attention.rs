@@ -55,7 +55,7 @@ impl<B: LoraLinearBackend> Attention<B> {
         let q = rope.apply(split(self.q_proj.forward(x2.clone(), mode)?, h));
         let k = rope.apply(split(self.k_proj.forward(x2.clone(), mode)?, kv));
         let v = split(self.v_proj.forward(x2, mode)?, kv);
-        let out = sdpa::attention(q, k, v, self.sinks.val(), self.pattern, positions)
+        let out = sdpa::attention(q, k, v, self.sinks.val(), self.pattern, positions)?
             .swap_dims(1, 2)
             .reshape([batch * seq, h * d]);
         Ok(self

@@ -1,6 +1,11 @@
 //! Scaled dot-product attention with per-head sinks, grouped-query heads and a causal or
-//! sliding-window pattern, computed by query blocks: each block only scores the keys its pattern
-//! can see (a band of `window` keys for sliding layers, the causal prefix otherwise), so work and
+//! sliding-window pattern.
+//!
+//! [`attention`] is what the model runs: the flash op of `kernels::ops::flash_attention` (one
+//! backend op with its own backward, memory linear in `seq`, a CubeCL kernel on devices).
+//! [`blocked_attention`] is the composite-op reference it is tested against (its gradients are
+//! burn's autodiff of plain tensor ops): it works by query blocks, each only scoring the keys its
+//! pattern can see (a band of `window` keys for sliding layers, the causal prefix otherwise), so work and
 //! activation memory drop from `seq²` to about `seq·window` (sliding) or `seq²/2` (causal).
 //!
 //! Packed rows ([`PositionIds`] restarting at 0) confine each query to its segment on top of the
@@ -10,6 +15,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use kernels::ops::{flash_attention, AttentionError, AttentionMask, FlashAttentionBackend};
 
 use super::mask::AttentionPattern;
 use super::positions::PositionIds;
@@ -94,11 +100,52 @@ fn block_mask(
     any_hidden.then_some(mask)
 }
 
+/// The flash op's mask of `pattern` within the packed segments of `positions` (segment starts only
+/// when some row is packed).
+pub fn flash_mask(pattern: AttentionPattern, positions: &PositionIds) -> AttentionMask {
+    let mask = match pattern {
+        AttentionPattern::Causal => AttentionMask::causal(),
+        AttentionPattern::Sliding { window } => AttentionMask::sliding(window),
+    };
+    if positions.is_contiguous() {
+        return mask;
+    }
+    let (batch, seq) = (positions.batch(), positions.seq());
+    let starts = (0..batch)
+        .flat_map(|b| (0..seq).map(move |q| (b, q)))
+        .map(|(b, q)| positions.segment_start(b, q))
+        .collect();
+    mask.with_segments(starts)
+}
+
 /// `q [batch, heads, seq, d]` (rotated, not yet scaled), `k`, `v` `[batch, kv_heads, seq, d]`,
 /// `sinks [heads]` -> `[batch, heads, seq, d]`. Query head `i·rep + j` uses kv head `i`; the
 /// softmax of each row runs over its visible keys (the pattern's, within the query's packed
 /// segment of `positions`, `[batch, seq]`) plus the head's sink logit (dropped after).
-pub fn attention<B: Backend>(
+///
+/// Errors when the shapes do not fit one another or `positions`.
+pub fn attention<B: FlashAttentionBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    sinks: Tensor<B, 1>,
+    pattern: AttentionPattern,
+    positions: &PositionIds,
+) -> Result<Tensor<B, 4>, AttentionError> {
+    let [batch, _, seq, _] = q.dims();
+    if [positions.batch(), positions.seq()] != [batch, seq] {
+        return Err(AttentionError::Shape {
+            what: "q (vs the position ids)",
+            expected: vec![positions.batch(), positions.seq()],
+            got: vec![batch, seq],
+        });
+    }
+    flash_attention(q, k, v, sinks, &flash_mask(pattern, positions))
+}
+
+/// The composite-op reference of [`attention`] (same arguments, same result up to rounding),
+/// computed by query blocks through burn tensor ops.
+pub fn blocked_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -298,21 +345,81 @@ mod tests {
                     p,
                     positions,
                 );
-                let got = attention(q, k, v, s, p, positions)
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap();
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    err < 1e-5,
-                    "{p:?}, {:?}: max abs error {err}",
-                    &positions.values()[..12]
-                );
+                let blocked =
+                    blocked_attention(q.clone(), k.clone(), v.clone(), s.clone(), p, positions);
+                let flash = attention(q, k, v, s, p, positions).unwrap();
+                for (name, got) in [("blocked", blocked), ("flash", flash)] {
+                    let got = got.into_data().to_vec::<f32>().unwrap();
+                    let err = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(g, w)| (*g as f64 - w).abs())
+                        .fold(0.0, f64::max);
+                    assert!(
+                        err < 1e-5,
+                        "{name} {p:?}, {:?}: max abs error {err}",
+                        &positions.values()[..12]
+                    );
+                }
             }
         }
+    }
+
+    /// The gradients of `q`, `k`, `v` through the flash op equal those burn's autodiff takes
+    /// through the composite blocked path, on packed rows with both patterns.
+    #[test]
+    fn flash_gradients_match_the_blocked_path() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let dev = Default::default();
+        let (b, h, kv, t, d) = (2, 4, 2, 270, 8);
+        let positions = packed(&[&[7, 100, 1, 120, 42], &[200, 3, 57, 10]]);
+        for p in [
+            AttentionPattern::Causal,
+            AttentionPattern::Sliding { window: 6 },
+        ] {
+            let q = Tensor::<Flex, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<Flex, 4>::random([b, kv, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let v = Tensor::<Flex, 4>::random([b, kv, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let s = Tensor::<Flex, 1>::random([h], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<Flex, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let grads = |flash: bool| {
+                let leaf =
+                    |x: &Tensor<Flex, 4>| Tensor::<A, 4>::from_inner(x.clone()).require_grad();
+                let (qa, ka, va) = (leaf(&q), leaf(&k), leaf(&v));
+                let sa = Tensor::<A, 1>::from_inner(s.clone());
+                let out = if flash {
+                    attention(qa.clone(), ka.clone(), va.clone(), sa, p, &positions).unwrap()
+                } else {
+                    blocked_attention(qa.clone(), ka.clone(), va.clone(), sa, p, &positions)
+                };
+                let g = (out * Tensor::from_inner(w.clone())).sum().backward();
+                [qa, ka, va].map(|x| x.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap())
+            };
+            let (flash, blocked) = (grads(true), grads(false));
+            for (name, (f, r)) in ["q", "k", "v"].iter().zip(flash.iter().zip(&blocked)) {
+                let num: f64 = f.iter().zip(r).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                let den: f64 = r.iter().map(|b| (*b as f64).powi(2)).sum();
+                let rel = (num / den).sqrt();
+                assert!(rel < 1e-5, "{p:?} d{name}: relative L2 difference {rel}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_position_mismatch_is_an_error() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 4>::zeros([1, 2, 5, 4], &dev);
+        let s = Tensor::<Flex, 1>::zeros([2], &dev);
+        let err = attention(
+            x.clone(),
+            x.clone(),
+            x,
+            s,
+            AttentionPattern::Causal,
+            &PositionIds::contiguous(1, 6),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("position ids"), "{err}");
     }
 }

@@ -14,8 +14,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::deploy_kernel::{bf16_deploy_kernel, mxfp4_deploy_kernel};
-use super::resident::{resident, Resident};
-use super::tables;
+use super::resident::{codec_tables, resident, Resident};
 use crate::mxfp4::{self, CodecError};
 use crate::ops::{host_quantized_weight, BaseWeight, DeployBackend, Lora, PackedWeight, Quantizer};
 
@@ -115,12 +114,8 @@ pub fn mxfp4_on_device<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     let elements = out * inp;
     let n_blocks = elements / mxfp4::BLOCK;
     let (a, b, rank, scale) = factors(lora, &client);
-    let decode = tables::decode();
-    let thresholds = tables::thresholds();
-    let upper = tables::exp_upper();
-    let decode_h = client.create_from_slice(bytemuck_f32(&decode));
-    let thresholds_h = client.create_from_slice(bytemuck_u32(&thresholds));
-    let upper_h = client.create_from_slice(bytemuck_u32(upper));
+    let tables = codec_tables::<R>(device);
+    let [n_decode, n_thresholds, n_upper] = tables.lengths;
     let wq = client.empty(elements * 4);
     let codes = client.empty(n_blocks.max(1) * 16);
     let scales_out = client.empty(n_blocks.max(1) * 4);
@@ -134,9 +129,9 @@ pub fn mxfp4_on_device<R: CubeRuntime, I: IntElement, BT: BoolElement>(
             raw(&scales, lengths[1]),
             array(&a),
             array(&b),
-            raw(&decode_h, decode.len()),
-            raw(&thresholds_h, thresholds.len()),
-            raw(&upper_h, upper.len()),
+            raw(&tables.decode, n_decode),
+            raw(&tables.thresholds, n_thresholds),
+            raw(&tables.upper, n_upper),
             raw(&wq, elements),
             raw(&codes, n_blocks * 4),
             raw(&scales_out, n_blocks),
@@ -200,16 +195,6 @@ pub fn bf16_on_device<R: CubeRuntime, I: IntElement, BT: BoolElement>(
         result,
         DType::F32,
     )
-}
-
-fn bytemuck_f32(values: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte is a valid u8; the length is scaled by 4.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len() * 4) }
-}
-
-fn bytemuck_u32(values: &[u32]) -> &[u8] {
-    // SAFETY: as above, for u32.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len() * 4) }
 }
 
 fn wrap<R: CubeRuntime, I: IntElement, BT: BoolElement>(

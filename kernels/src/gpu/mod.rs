@@ -6,5 +6,7 @@ pub mod attention;
 mod backend;
 pub mod deploy;
 pub mod deploy_kernel;
+pub mod grouped_mxfp4;
 mod resident;
+pub mod routing;
 mod tables;

@@ -1,5 +1,6 @@
 //! The packed base on the device: each expert's `*_blocks`/`*_scales` bytes are uploaded once,
-//! as they are (half a byte per weight plus a byte per 32), and kept while the weight lives.
+//! as they are (half a byte per weight plus a byte per 32), and kept while the weight lives; and
+//! the codec's tables, uploaded once per device.
 //!
 //! Uploads are cached by the address of the weight's allocation and the device. The cache holds a
 //! `Weak` of the weight: it keeps the allocation (not the weight) alive, so the address cannot be
@@ -63,6 +64,44 @@ pub(crate) fn resident<R: CubeRuntime>(
         },
     );
     Ok(upload)
+}
+
+/// The codec tables of `super::tables` on one device (decode values, code thresholds,
+/// block-exponent bounds) with their element counts.
+#[derive(Clone)]
+pub(crate) struct CodecTables {
+    pub decode: Handle,
+    pub thresholds: Handle,
+    pub upper: Handle,
+    /// Elements of `decode`, `thresholds` and `upper`.
+    pub lengths: [usize; 3],
+}
+
+/// The codec tables on `device`, uploaded on first use and kept for the process.
+pub(crate) fn codec_tables<R: CubeRuntime>(device: &R::Device) -> CodecTables {
+    static TABLES: OnceLock<Mutex<HashMap<String, Box<dyn Any + Send>>>> = OnceLock::new();
+    let key = format!("{}:{device:?}", std::any::type_name::<R>());
+    let mut map = TABLES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = map.get(&key).and_then(|t| t.downcast_ref::<CodecTables>()) {
+        return t.clone();
+    }
+    let client = R::client(device);
+    let decode = super::tables::decode();
+    let thresholds = super::tables::thresholds();
+    let upper = super::tables::exp_upper();
+    let words = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+    let floats: Vec<u8> = decode.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tables = CodecTables {
+        decode: client.create_from_slice(&floats),
+        thresholds: client.create_from_slice(&words(&thresholds)),
+        upper: client.create_from_slice(&words(upper)),
+        lengths: [decode.len(), thresholds.len(), upper.len()],
+    };
+    map.insert(key, Box::new(tables.clone()));
+    tables
 }
 
 /// Uploads without caching (a weight that exists only for one call).

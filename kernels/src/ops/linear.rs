@@ -16,6 +16,7 @@ pub trait LoraLinearBackend:
     super::grouped::GroupedLoraLinearBackend
     + super::chunked_ce::ChunkedCeBackend
     + super::deploy_backend::DeployBackend
+    + super::flash_attention::FlashAttentionBackend
 {
     /// `x [n, in] -> [n, out]` with `Wq = Q(W + s·B·A)`; shapes are already checked.
     ///

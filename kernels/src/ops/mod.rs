@@ -13,6 +13,7 @@ mod linear;
 mod merge;
 mod quant;
 mod reference;
+pub mod routing;
 mod weight;
 
 pub use chunked_ce::{
