@@ -8,5 +8,6 @@ pub mod deploy;
 pub mod deploy_kernel;
 pub mod grouped_mxfp4;
 mod resident;
+pub mod stacked;
 pub mod routing;
 mod tables;

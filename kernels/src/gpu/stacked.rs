@@ -1,0 +1,1 @@
+//! Stacked expert weights on the device (in progress).
