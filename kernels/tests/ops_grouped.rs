@@ -12,8 +12,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kernels::mxfp4::CodecError;
 use kernels::ops::{
-    grouped_lora_linear, grouped_lora_linear_frozen_bias, lora_linear, BaseWeight, GroupedLora,
-    Lora, LoraLinearBackend, OwnedPacked, Quantizer,
+    grouped_lora_linear, grouped_lora_linear_frozen_bias, lora_linear, BaseWeight, ExpertOffsets,
+    GroupedLora, Lora, LoraLinearBackend, OwnedPacked, Quantizer,
 };
 use ops_support::{rel_l2, tensor2, values, widen, Lcg};
 
@@ -171,9 +171,16 @@ fn forward_matches<B: LoraLinearBackend>() {
                     );
                     let lora = with_lora.then_some(&grouped);
                     let got = if with_bias {
-                        grouped_lora_linear_frozen_bias(x, &bases, bias, lora, &p.offsets, quant)
+                        grouped_lora_linear_frozen_bias(
+                            x,
+                            &bases,
+                            bias,
+                            lora,
+                            &host(&p.offsets),
+                            quant,
+                        )
                     } else {
-                        grouped_lora_linear(x, &bases, lora, &p.offsets, quant)
+                        grouped_lora_linear(x, &bases, lora, &host(&p.offsets), quant)
                     }
                     .unwrap();
                     let label = format!(
@@ -186,6 +193,11 @@ fn forward_matches<B: LoraLinearBackend>() {
             }
         }
     }
+}
+
+/// Host offsets as the grouped op takes them.
+fn host<B: burn::tensor::backend::Backend>(offsets: &[usize]) -> ExpertOffsets<B> {
+    ExpertOffsets::Host(offsets.to_vec())
 }
 
 #[test]
@@ -237,7 +249,8 @@ fn gradients_equal_per_expert_lora_linear() {
                 let x = tensor2::<Ad>(&p.x, [p.n(), IN], &device).require_grad();
                 let lora = p.grouped::<Ad>(&device);
                 let y =
-                    grouped_lora_linear(x.clone(), &bases, Some(&lora), &p.offsets, quant).unwrap();
+                    grouped_lora_linear(x.clone(), &bases, Some(&lora), &host(&p.offsets), quant)
+                        .unwrap();
                 let grads = (y * tensor2::<Ad>(&p.g, [p.n(), OUT], &device))
                     .sum()
                     .backward();
@@ -277,7 +290,7 @@ fn dx_without_lora_equals_per_expert() {
         let y = per_expert(&x, &bases, None, None, &p.offsets, quant);
         let want = values(x.grad(&(y * g.clone()).sum().backward()).unwrap());
         let x = tensor2::<Ad>(&p.x, [p.n(), IN], &device).require_grad();
-        let y = grouped_lora_linear(x.clone(), &bases, None, &p.offsets, quant).unwrap();
+        let y = grouped_lora_linear(x.clone(), &bases, None, &host(&p.offsets), quant).unwrap();
         let got = values(x.grad(&(y * g).sum().backward()).unwrap());
         let err = rel_l2(&got, &widen(&want));
         assert!(err <= 1e-5, "{quant:?}: rel L2 {err:e}");
@@ -292,7 +305,7 @@ fn inconsistent_offsets_and_shapes_are_errors() {
     let x = || tensor2::<Flex>(&p.x, [5, IN], &device);
     let lora = p.grouped::<Flex>(&device);
     let run = |offsets: &[usize], lora: Option<&GroupedLora<Flex>>| {
-        grouped_lora_linear(x(), &bases, lora, offsets, Quantizer::Mxfp4)
+        grouped_lora_linear(x(), &bases, lora, &host(offsets), Quantizer::Mxfp4)
     };
     for bad in [
         &[0, 2][..],
@@ -322,14 +335,14 @@ fn inconsistent_offsets_and_shapes_are_errors() {
             &bases,
             Some(&bias),
             None,
-            &[0, 2, 5],
+            &host(&[0, 2, 5]),
             Quantizer::None
         ),
         Err(CodecError::Length { .. })
     ));
     let wide = tensor2::<Flex>(&p.x[..5 * 32], [5, 32], &device);
     assert!(matches!(
-        grouped_lora_linear(wide, &bases, None, &[0, 2, 5], Quantizer::None),
+        grouped_lora_linear(wide, &bases, None, &host(&[0, 2, 5]), Quantizer::None),
         Err(CodecError::Length { .. })
     ));
 }

@@ -208,6 +208,8 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         for layer in &m.layers {
             x = layer.forward(x, &rope, positions, mode)?;
         }
+        // what device routing flagged in any layer (one read for the whole pass)
+        B::routing_errors(&device)?;
         Ok(m.norm.forward(x))
     }
 

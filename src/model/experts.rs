@@ -123,15 +123,16 @@ impl<B: LoraLinearBackend> Experts<B> {
     ) -> anyhow::Result<Tensor<B, 2>> {
         let [tokens, hidden] = x.dims();
         let [_, top_k] = routing.scores.dims();
-        let groups = ExpertGroups::new(
-            &routing.experts,
-            top_k,
-            self.gate_up_proj.experts(),
-            &x.device(),
-        )?;
+        let groups = ExpertGroups::from_route(&routing.route);
+        anyhow::ensure!(
+            groups.offsets.experts() == self.gate_up_proj.experts(),
+            "the routing is over {} experts, the layer has {}",
+            groups.offsets.experts(),
+            self.gate_up_proj.experts()
+        );
         let scores = routing.scores.reshape([tokens * top_k]);
         let zeros = Tensor::<B, 2>::zeros([tokens, hidden], &x.device());
-        if groups.groups.is_empty() {
+        if groups.rows() == 0 {
             return Ok(zeros);
         }
         if mode.path == GradPath::CustomOp {
@@ -143,8 +144,9 @@ impl<B: LoraLinearBackend> Experts<B> {
             let w = scores.select(0, groups.slots.clone()).unsqueeze_dim::<2>(1);
             return Ok(zeros.select_assign(0, groups.order, y * w, IndexingUpdateOp::Add));
         }
-        let mut outputs = Vec::with_capacity(groups.groups.len());
-        for g in &groups.groups {
+        let per_expert = groups.groups();
+        let mut outputs = Vec::with_capacity(per_expert.len());
+        for g in &per_expert {
             let xe = x.clone().select(0, g.tokens.clone());
             let h = self.gate_up_proj.forward_expert(xe, g.expert, mode)?;
             let y = self

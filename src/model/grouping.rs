@@ -4,8 +4,8 @@
 //! with per-expert row offsets (the grouped op takes all experts' rows at once).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
-use kernels::ops::routing;
+use burn::tensor::{Int, Tensor};
+use kernels::ops::{routing, ExpertOffsets, Route};
 
 /// The tokens one expert processes.
 #[derive(Debug, Clone)]
@@ -20,17 +20,16 @@ pub struct ExpertGroup<B: Backend> {
     pub len: usize,
 }
 
-/// Every non-empty expert's group, by ascending expert id, and the concatenated order.
+/// The assignments of one layer sorted by expert: the flat order the grouped op takes, and the
+/// per-expert groups of the reference path.
 #[derive(Debug, Clone)]
 pub struct ExpertGroups<B: Backend> {
-    /// Non-empty groups only.
-    pub groups: Vec<ExpertGroup<B>>,
-    /// The token rows of all groups, concatenated in group order (gather and scatter index).
+    /// The token rows of all experts, concatenated by expert (gather and scatter index).
     pub order: Tensor<B, 1, Int>,
-    /// The flat score slots of all groups, in the same order as `order`.
+    /// The flat score slots of all experts, in the same order as `order`.
     pub slots: Tensor<B, 1, Int>,
-    /// `experts + 1` entries: expert `e` owns rows `offsets[e]..offsets[e+1]` of `order`.
-    pub offsets: Vec<usize>,
+    /// Expert `e` owns rows `offsets[e]..offsets[e+1]` of `order` (on the host or the device).
+    pub offsets: ExpertOffsets<B>,
 }
 
 /// Host-side plan: for each expert, the `(token, flat slot)` pairs routed to it (the reference
@@ -40,40 +39,55 @@ pub fn plan(indices: &[i64], top_k: usize, experts: usize) -> anyhow::Result<Vec
 }
 
 impl<B: Backend> ExpertGroups<B> {
-    /// Groups the row-major `[tokens, top_k]` routing choices (`flat`, on the host).
+    /// The grouping a route carries.
+    pub fn from_route(route: &Route<B>) -> Self {
+        Self {
+            order: route.order.clone(),
+            slots: route.slots.clone(),
+            offsets: route.offsets.clone(),
+        }
+    }
+
+    /// Groups the row-major `[tokens, top_k]` routing choices `flat` on the host.
     pub fn new(
         flat: &[i64],
         top_k: usize,
         experts: usize,
         device: &B::Device,
     ) -> anyhow::Result<Self> {
+        let grouping = routing::group_by_expert(flat, top_k, experts)?;
         let int = |v: Vec<i64>| {
             let n = v.len();
-            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
+            Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(v, [n]), device)
         };
-        let routing::Grouping {
-            order,
-            slots,
-            offsets,
-        } = routing::group_by_expert(flat, top_k, experts)?;
-        let groups = (0..experts)
+        Ok(Self {
+            order: int(grouping.order),
+            slots: int(grouping.slots),
+            offsets: ExpertOffsets::Host(grouping.offsets),
+        })
+    }
+
+    /// Rows of all experts together.
+    pub fn rows(&self) -> usize {
+        self.offsets.rows()
+    }
+
+    /// The non-empty experts' groups, by ascending id (the reference path; device offsets are
+    /// read back).
+    pub fn groups(&self) -> Vec<ExpertGroup<B>> {
+        let offsets = self.offsets.to_host();
+        (0..offsets.len().saturating_sub(1))
             .filter(|&e| offsets[e + 1] > offsets[e])
             .map(|expert| {
-                let range = offsets[expert]..offsets[expert + 1];
+                let (start, len) = (offsets[expert], offsets[expert + 1] - offsets[expert]);
                 ExpertGroup {
                     expert,
-                    len: range.len(),
-                    tokens: int(order[range.clone()].to_vec()),
-                    slots: int(slots[range].to_vec()),
+                    len,
+                    tokens: self.order.clone().narrow(0, start, len),
+                    slots: self.slots.clone().narrow(0, start, len),
                 }
             })
-            .collect();
-        Ok(Self {
-            groups,
-            order: int(order),
-            slots: int(slots),
-            offsets,
-        })
+            .collect()
     }
 }
 
@@ -99,15 +113,16 @@ mod tests {
         let ints = |t: &Tensor<burn::backend::Flex, 1, Int>| {
             t.to_data().convert::<i64>().to_vec::<i64>().unwrap()
         };
-        assert_eq!(g.offsets, vec![0, 2, 2, 4, 6]);
+        assert_eq!(g.offsets.to_host(), vec![0, 2, 2, 4, 6]);
         assert_eq!(ints(&g.order), vec![0, 1, 0, 2, 1, 2]);
         assert_eq!(ints(&g.slots), vec![1, 2, 0, 4, 3, 5]);
-        assert_eq!(g.groups.len(), 3);
-        let ids: Vec<usize> = g.groups.iter().map(|gr| gr.expert).collect();
+        let groups = g.groups();
+        assert_eq!(groups.len(), 3);
+        let ids: Vec<usize> = groups.iter().map(|gr| gr.expert).collect();
         assert_eq!(ids, vec![0, 2, 3]);
-        assert_eq!(ints(&g.groups[1].tokens), vec![0, 2]);
-        assert_eq!(ints(&g.groups[1].slots), vec![0, 4]);
-        assert!(g.groups.iter().all(|gr| gr.len == 2));
+        assert_eq!(ints(&groups[1].tokens), vec![0, 2]);
+        assert_eq!(ints(&groups[1].slots), vec![0, 4]);
+        assert!(groups.iter().all(|gr| gr.len == 2));
         assert!(ExpertGroups::<burn::backend::Flex>::new(&[9], 1, 4, &Default::default()).is_err());
     }
 }

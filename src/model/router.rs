@@ -2,7 +2,8 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
+use kernels::ops::{Route, RoutingBackend};
 
 /// Per row of `logits [rows, experts]`, the `k` largest entries' indices, by descending value
 /// (ties: lower index first). Errors on a non-finite logit or `k` outside `1..=experts`. The
@@ -25,10 +26,8 @@ pub struct Router<B: Backend> {
 /// The routing decision for `tokens` rows.
 #[derive(Debug, Clone)]
 pub struct Routing<B: Backend> {
-    /// `[tokens · top_k]` expert ids, row-major, on the host (each row by descending logit).
-    pub experts: Vec<i64>,
-    /// The same ids as a `[tokens, top_k]` tensor.
-    pub indices: Tensor<B, 2, Int>,
+    /// The choices and their grouping by expert, where the backend made them.
+    pub route: Route<B>,
     /// `[tokens, top_k]` softmax over the selected logits (differentiable w.r.t. the input).
     pub scores: Tensor<B, 2>,
 }
@@ -42,23 +41,20 @@ impl<B: Backend> Router<B> {
             top_k,
         }
     }
+}
 
-    /// Routes `x [tokens, hidden]`. The top-k choice is made on the host (the expert grouping
-    /// needs it there anyway); errors on non-finite router logits.
+impl<B: RoutingBackend> Router<B> {
+    /// Routes `x [tokens, hidden]`: the top-k choice and its grouping by expert are made by the
+    /// backend ([`RoutingBackend::route`]: on the host for CPU backends, which refuse non-finite
+    /// logits here; on the device for device backends, which flag them for
+    /// [`RoutingBackend::routing_errors`]).
     pub fn forward(&self, x: Tensor<B, 2>) -> anyhow::Result<Routing<B>> {
         let logits = x.matmul(self.weight.val().transpose()) + self.bias.val().unsqueeze::<2>();
-        let [tokens, experts] = logits.dims();
-        let host: Vec<f32> = logits.clone().detach().into_data().iter::<f32>().collect();
-        let chosen = top_k_rows(&host, experts, self.top_k)?;
-        let indices = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(chosen.clone(), [tokens, self.top_k]),
-            &logits.device(),
-        );
-        let selected = logits.gather(1, indices.clone());
+        let route = B::route(logits.clone().detach(), self.top_k)?;
+        let selected = logits.gather(1, route.indices.clone());
         Ok(Routing {
-            experts: chosen,
-            indices,
             scores: stable_softmax(selected),
+            route,
         })
     }
 }
@@ -78,6 +74,7 @@ fn stable_softmax<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 mod tests {
     use super::*;
     use burn::backend::Flex;
+    use burn::tensor::TensorData;
 
     #[test]
     fn top_k_errors_keep_their_messages() {
@@ -101,8 +98,9 @@ mod tests {
         let b = Tensor::<Flex, 1>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.5], [3]), &dev);
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &dev);
         let r = Router::new(w, b, 2).forward(x).unwrap();
-        assert_eq!(r.experts, vec![1, 2]);
+        assert_eq!(r.route.host.as_deref(), Some(&[1, 2][..]));
         let mut pairs: Vec<(i64, f32)> = r
+            .route
             .indices
             .into_data()
             .iter::<i64>()

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
-use kernels::ops::{default_chunk_rows, LoraLinearBackend};
+use kernels::ops::{default_chunk_rows, LoraLinearBackend, RoutingBackend};
 
 use super::batch::Batch;
 use crate::model::loss::{counted_rows_loss, counted_targets};
@@ -55,6 +55,8 @@ where
         x = layer.forward(x, &rope, &positions, mode)?;
     }
     drop(rope);
+    // what device routing flagged in any layer (one read for the whole pass)
+    <B::InnerBackend as RoutingBackend>::routing_errors(device)?;
 
     // the head: final norm and the chunked loss, differentiated from the last hidden state
     let top = Tensor::<B, 3>::from_inner(x).require_grad();

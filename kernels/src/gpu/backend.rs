@@ -1,7 +1,7 @@
 //! The lora-qat ops on CubeCL devices (`burn::backend::Cuda`, `burn::backend::Vulkan`): the
-//! forward of the LoRA-QAT linear, the grouped expert linear and the chunked cross-entropy in
-//! burn's device ops around the deployed weights of `deploy.rs` (the autodiff nodes are the
-//! generic ones of `ops/`).
+//! forward of the LoRA-QAT linear and the chunked cross-entropy in burn's device ops around the
+//! deployed weights of `deploy.rs` (the autodiff nodes are the generic ones of `ops/`); the
+//! grouped expert linear is `grouped.rs`, routing `route.rs`.
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
@@ -10,8 +10,8 @@ use burn_cubecl::{CubeBackend, CubeRuntime, IntElement};
 
 use crate::mxfp4::CodecError;
 use crate::ops::{
-    chunked_forward_primitives, forward, grouped_forward, BaseWeight, ChunkedCeBackend,
-    GroupedLora, GroupedLoraLinearBackend, Lora, LoraLinearBackend, Quantizer, RowStats,
+    chunked_forward_primitives, forward, BaseWeight, ChunkedCeBackend, Lora, LoraLinearBackend,
+    Quantizer, RowStats,
 };
 
 type Cube<R, I, BT> = CubeBackend<R, f32, I, BT>;
@@ -24,19 +24,6 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> LoraLinearBackend for Cube<
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError> {
         forward::<Self>(x, base, lora, quant)
-    }
-}
-
-impl<R: CubeRuntime, I: IntElement, BT: BoolElement> GroupedLoraLinearBackend for Cube<R, I, BT> {
-    fn grouped_lora_linear(
-        x: FloatTensor<Self>,
-        bases: &[BaseWeight<Self>],
-        bias: Option<&Tensor<Self, 2>>,
-        lora: Option<&GroupedLora<Self>>,
-        offsets: &[usize],
-        quant: Quantizer,
-    ) -> Result<FloatTensor<Self>, CodecError> {
-        grouped_forward::<Self>(x, bases, bias, lora, offsets, quant)
     }
 }
 

@@ -9,7 +9,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::deploy_backend::DeployBackend;
+use super::grouped_backward::{host_grouped_backward, GroupedBackward, GroupedGrads};
 use super::linear::LoraLinearBackend;
+use super::offsets::ExpertOffsets;
 use super::quant::apply_weight;
 use super::weight::{BaseWeight, Lora, Quantizer};
 use crate::mxfp4::CodecError;
@@ -51,10 +53,10 @@ impl<B: AutodiffBackend> GroupedLora<B> {
 
 /// A backend that runs [`grouped_lora_linear`] as one op (no bias; shapes already checked).
 ///
-/// Plain backends run the forward only; `Autodiff<B, C>` records one node with parents
-/// `[x, a, b]` whose backward is per expert `dx_e = dy_e·Wq_e` (Wq_e recomputed from the packed
-/// base, not kept), `dA_e = s·(dy_e·B_e)ᵀ·x_e`, `dB_e = s·dy_eᵀ·(x_e·A_eᵀ)`, zeros for experts
-/// without rows; no `[out, in]` gradient is ever formed.
+/// Plain backends run the forward and, for `Autodiff<B, C>`'s node (parents `[x, a, b]`), the
+/// backward: per expert `dx_e = dy_e·Wq_e` (Wq_e recomputed from the packed base, not kept),
+/// `dA_e = s·(dy_e·B_e)ᵀ·x_e`, `dB_e = s·dy_eᵀ·(x_e·A_eᵀ)`, zeros for experts without rows; no
+/// `[out, in]` gradient is ever formed.
 pub trait GroupedLoraLinearBackend: Backend {
     /// `x [N, in] -> [N, out]`, rows of expert `e` are `offsets[e]..offsets[e+1]`, plus row
     /// `e` of the frozen `bias [E, out]` when given (a constant: it gets no gradient).
@@ -63,9 +65,18 @@ pub trait GroupedLoraLinearBackend: Backend {
         bases: &[BaseWeight<Self>],
         bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
-        offsets: &[usize],
+        offsets: &ExpertOffsets<Self>,
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError>;
+
+    /// The gradients the backward asks for (`want`: dx, dA, dB). The default runs per expert
+    /// on host offsets (the reference); device backends override it.
+    fn grouped_lora_backward(inputs: GroupedBackward<'_, Self>) -> GroupedGrads<Self>
+    where
+        Self: DeployBackend,
+    {
+        host_grouped_backward(inputs)
+    }
 }
 
 /// Rows `offsets[e]..offsets[e+1]` per expert as `(expert, start, len)`, empty experts skipped.
@@ -127,10 +138,10 @@ impl GroupedLoraLinearBackend for burn::backend::Flex {
         bases: &[BaseWeight<Self>],
         bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
-        offsets: &[usize],
+        offsets: &ExpertOffsets<Self>,
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError> {
-        grouped_forward::<Self>(x, bases, bias, lora, offsets, quant)
+        grouped_forward::<Self>(x, bases, bias, lora, &offsets.to_host(), quant)
     }
 }
 
@@ -142,21 +153,25 @@ fn check_grouped<B: Backend>(
     bases: &[BaseWeight<B>],
     bias: Option<&Tensor<B, 2>>,
     lora: Option<&GroupedLora<B>>,
-    offsets: &[usize],
+    offsets: &ExpertOffsets<B>,
 ) -> Result<(), CodecError> {
     let experts = bases.len();
-    CodecError::expect_len("offsets entries (experts + 1)", experts + 1, offsets.len())?;
-    CodecError::expect_len("offsets[0]", 0, offsets[0])?;
-    for w in offsets.windows(2) {
-        if w[1] < w[0] {
-            return Err(CodecError::Length {
-                what: "offsets (must be non-decreasing)",
-                expected: w[0],
-                got: w[1],
-            });
+    if let ExpertOffsets::Host(offsets) = offsets {
+        CodecError::expect_len("offsets entries (experts + 1)", experts + 1, offsets.len())?;
+        CodecError::expect_len("offsets[0]", 0, offsets[0])?;
+        for w in offsets.windows(2) {
+            if w[1] < w[0] {
+                return Err(CodecError::Length {
+                    what: "offsets (must be non-decreasing)",
+                    expected: w[0],
+                    got: w[1],
+                });
+            }
         }
     }
-    CodecError::expect_len("offsets[E] (rows of x)", x_dims[0], offsets[experts])?;
+    // device offsets are checked by the routing that made them (its error flag)
+    CodecError::expect_len("offsets entries (experts + 1)", experts, offsets.experts())?;
+    CodecError::expect_len("offsets[E] (rows of x)", x_dims[0], offsets.rows())?;
     let [out, inp] = bases.first().map_or([0, x_dims[1]], |b| b.shape());
     for b in bases {
         let [o, i] = b.shape();
@@ -182,7 +197,7 @@ fn check_grouped<B: Backend>(
 }
 
 /// All experts of one projection in one op: `x [N, in]` with rows sorted by expert (expert `e`
-/// owns rows `offsets[e]..offsets[e+1]`, `offsets.len() == E + 1`, empty experts allowed) ->
+/// owns rows `offsets[e]..offsets[e+1]`, `E + 1` offsets, empty experts allowed) ->
 /// `[N, out]`, row `i` = `x_i · Wq_eᵀ`, `Wq_e = Q(W_e + s·B_e·A_e)`. No bias (add it per row).
 ///
 /// Under `Autodiff` the gradients of `x`, `a`, `b` are the straight-through ones of per-expert
@@ -194,7 +209,7 @@ pub fn grouped_lora_linear<B: LoraLinearBackend>(
     x: Tensor<B, 2>,
     bases: &[BaseWeight<B>],
     lora: Option<&GroupedLora<B>>,
-    offsets: &[usize],
+    offsets: &ExpertOffsets<B>,
     quant: Quantizer,
 ) -> Result<Tensor<B, 2>, CodecError> {
     grouped_lora_linear_frozen_bias(x, bases, None, lora, offsets, quant)
@@ -211,7 +226,7 @@ pub fn grouped_lora_linear_frozen_bias<B: LoraLinearBackend>(
     bases: &[BaseWeight<B>],
     bias: Option<&Tensor<B, 2>>,
     lora: Option<&GroupedLora<B>>,
-    offsets: &[usize],
+    offsets: &ExpertOffsets<B>,
     quant: Quantizer,
 ) -> Result<Tensor<B, 2>, CodecError> {
     check_grouped(x.dims(), bases, bias, lora, offsets)?;

@@ -13,55 +13,41 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
-use super::autodiff::{grad_a, grad_b, grad_input, unwrap, wrap};
+use super::autodiff::{unwrap, wrap};
 use super::deploy_backend::DeployBackend;
-use super::grouped::{expert_rows, rank_of, GroupedLora, GroupedLoraLinearBackend};
+use super::grouped::{rank_of, GroupedLora, GroupedLoraLinearBackend};
+use super::grouped_backward::GroupedBackward;
 use super::linear::LoraLinearBackend;
+use super::offsets::ExpertOffsets;
 use super::weight::{BaseWeight, Quantizer};
 use crate::mxfp4::CodecError;
-
-/// `dx = cat_e(dy_e · Wq_e)` (`[0, in]` when there are no rows).
-fn grad_x<B: DeployBackend>(
-    dy: &Tensor<B, 2>,
-    bases: &[BaseWeight<B>],
-    lora: Option<&GroupedLora<B>>,
-    offsets: &[usize],
-    quant: Quantizer,
-) -> FloatTensor<B> {
-    let device = dy.device();
-    let rank = rank_of(lora, bases.len());
-    let parts: Vec<_> = expert_rows(offsets)
-        .map(|(e, start, len)| {
-            let lora_e = lora.map(|l| l.expert(e, rank));
-            grad_input(
-                dy.clone().narrow(0, start, len),
-                &bases[e],
-                lora_e.as_ref(),
-                quant,
-            )
-        })
-        .collect();
-    let inp = bases.first().map_or(0, |b| b.shape()[1]);
-    unwrap(if parts.is_empty() {
-        Tensor::zeros([0, inp], &device)
-    } else {
-        Tensor::cat(parts, 0)
-    })
-}
 
 /// Backward of `y = x · Q(W_e)ᵀ` per expert (no LoRA): only `dx`.
 #[derive(Debug)]
 struct GroupedBaseBackward;
 
 impl<B: LoraLinearBackend> Backward<B, 1> for GroupedBaseBackward {
-    type State = (Vec<BaseWeight<B>>, Vec<usize>, Quantizer);
+    type State = (Vec<BaseWeight<B>>, ExpertOffsets<B>, Quantizer);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (bases, offsets, quant) = ops.state;
         let dy = wrap::<B>(grads.consume::<B>(&ops.node));
         let [x_node] = ops.parents;
         if let Some(node) = x_node {
-            grads.register::<B>(node.id, grad_x(&dy, &bases, None, &offsets, quant));
+            let g = B::grouped_lora_backward(GroupedBackward {
+                dy,
+                x: None,
+                lora: None,
+                rank: 0,
+                bases: &bases,
+                deployed: false,
+                offsets: &offsets,
+                quant,
+                want: [true, false, false],
+            });
+            if let Some(dx) = g.dx {
+                grads.register::<B>(node.id, unwrap(dx));
+            }
         }
     }
 }
@@ -77,7 +63,7 @@ struct GroupedState<B: Backend> {
     /// built once in forward for `dx` in backward.
     bases: Vec<BaseWeight<B>>,
     deployed: bool,
-    offsets: Vec<usize>,
+    offsets: ExpertOffsets<B>,
     quant: Quantizer,
     scale: f32,
     rank: usize,
@@ -105,51 +91,36 @@ impl<B: LoraLinearBackend> Backward<B, 3> for GroupedLoraBackward {
         let (x, a, b) = (fetch(st.x), fetch(st.a), fetch(st.b));
         let dy = wrap::<B>(grads.consume::<B>(&ops.node));
         let [x_node, a_node, b_node] = ops.parents;
-        let device = dy.device();
-        let [out, inp] = st.bases.first().map_or([0, 0], |b| b.shape());
-        let (rank, s) = (st.rank, st.scale);
-        let ranges: Vec<_> = st.offsets.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
-
-        if let (Some(node), true) = (&x_node, st.deployed) {
-            // dx = dy · Wq_e, Wq_e decoded from the packed weights the forward computed with
-            let dx = grad_x(&dy, &st.bases, None, &st.offsets, Quantizer::None);
-            grads.register::<B>(node.id, dx);
-        } else if let (Some(node), Some(a), Some(b)) = (x_node, &a, &b) {
-            let lora = GroupedLora {
-                a: a.clone(),
-                b: b.clone(),
-                scale: s,
-            };
-            let dx = grad_x(&dy, &st.bases, Some(&lora), &st.offsets, st.quant);
-            grads.register::<B>(node.id, dx);
-        }
-        if let (Some(node), Some(x), Some(b)) = (a_node, &x, &b) {
-            let parts = ranges.iter().enumerate().map(|(e, &(start, len))| {
-                if len == 0 {
-                    return Tensor::zeros([rank, inp], &device);
-                }
-                let (dy_e, x_e) = (
-                    dy.clone().narrow(0, start, len),
-                    x.clone().narrow(0, start, len),
-                );
-                grad_a(dy_e, x_e, b.clone().narrow(1, e * rank, rank), s)
-            });
-            let da = cat_or_zeros(parts.collect(), 0, [0, inp], &device);
-            grads.register::<B>(node.id, unwrap(da));
-        }
-        if let (Some(node), Some(x), Some(a)) = (b_node, &x, &a) {
-            let parts = ranges.iter().enumerate().map(|(e, &(start, len))| {
-                if len == 0 {
-                    return Tensor::zeros([out, rank], &device);
-                }
-                let (dy_e, x_e) = (
-                    dy.clone().narrow(0, start, len),
-                    x.clone().narrow(0, start, len),
-                );
-                grad_b(dy_e, x_e, a.clone().narrow(0, e * rank, rank), s)
-            });
-            let db = cat_or_zeros(parts.collect(), 1, [out, 0], &device);
-            grads.register::<B>(node.id, unwrap(db));
+        let lora = match (a, b) {
+            (Some(a), Some(b)) => Some(GroupedLora {
+                a,
+                b,
+                scale: st.scale,
+            }),
+            _ => None,
+        };
+        // dx needs the factors unless the forward kept the deployed weights; dA needs x and B,
+        // dB needs x and A (what the forward checkpointed for each)
+        let want = [
+            x_node.is_some() && (st.deployed || lora.is_some()),
+            a_node.is_some() && x.is_some() && lora.is_some(),
+            b_node.is_some() && x.is_some() && lora.is_some(),
+        ];
+        let g = B::grouped_lora_backward(GroupedBackward {
+            dy,
+            x,
+            lora,
+            rank: st.rank,
+            bases: &st.bases,
+            deployed: st.deployed,
+            offsets: &st.offsets,
+            quant: st.quant,
+            want,
+        });
+        for (node, grad) in [(x_node, g.dx), (a_node, g.da), (b_node, g.db)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, unwrap(grad));
+            }
         }
     }
 }
@@ -161,8 +132,12 @@ fn deployed_bases<B: DeployBackend>(
     bases: &[BaseWeight<B>],
     lora: &GroupedLora<B>,
     rank: usize,
-    offsets: &[usize],
+    offsets: &ExpertOffsets<B>,
 ) -> Result<Option<Vec<BaseWeight<B>>>, CodecError> {
+    // device offsets: the device rebuilds the deployed weights (one launch) instead
+    let ExpertOffsets::Host(offsets) = offsets else {
+        return Ok(None);
+    };
     let mut out = Vec::with_capacity(bases.len());
     for (e, base) in bases.iter().enumerate() {
         if offsets[e + 1] == offsets[e] {
@@ -177,29 +152,16 @@ fn deployed_bases<B: DeployBackend>(
     Ok(Some(out))
 }
 
-/// `Tensor::cat(parts, dim)`, or zeros of `empty` when there are no parts (no experts).
-fn cat_or_zeros<B: Backend>(
-    parts: Vec<Tensor<B, 2>>,
-    dim: usize,
-    empty: [usize; 2],
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    if parts.is_empty() {
-        Tensor::zeros(empty, device)
-    } else {
-        Tensor::cat(parts, dim)
-    }
-}
-
 impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for Autodiff<B, C> {
     fn grouped_lora_linear(
         x: FloatTensor<Self>,
         bases: &[BaseWeight<Self>],
         bias: Option<&Tensor<Self, 2>>,
         lora: Option<&GroupedLora<Self>>,
-        offsets: &[usize],
+        offsets: &ExpertOffsets<Self>,
         quant: Quantizer,
     ) -> Result<FloatTensor<Self>, CodecError> {
+        let offsets = &offsets.inner();
         let bases_inner: Vec<_> = bases.iter().map(BaseWeight::inner).collect();
         // frozen: a constant of the op (dy passes through the add unchanged, no bias gradient)
         let bias_inner = bias.map(|b| b.clone().inner());
@@ -218,7 +180,7 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
                 .compute_bound()
                 .stateful();
             return Ok(match prep {
-                OpsKind::Tracked(prep) => prep.finish((bases_inner, offsets.to_vec(), quant), y),
+                OpsKind::Tracked(prep) => prep.finish((bases_inner, offsets.clone(), quant), y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             });
         };
@@ -270,7 +232,7 @@ impl<B: LoraLinearBackend, C: CheckpointStrategy> GroupedLoraLinearBackend for A
                     rank: rank_of(Some(lora), bases.len()),
                     bases: bases_inner,
                     deployed,
-                    offsets: offsets.to_vec(),
+                    offsets: offsets.clone(),
                     quant,
                     scale: lora.scale,
                 };

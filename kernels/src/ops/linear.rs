@@ -17,6 +17,7 @@ pub trait LoraLinearBackend:
     + super::chunked_ce::ChunkedCeBackend
     + super::deploy_backend::DeployBackend
     + super::flash_attention::FlashAttentionBackend
+    + super::route::RoutingBackend
 {
     /// `x [n, in] -> [n, out]` with `Wq = Q(W + s·B·A)`; shapes are already checked.
     ///

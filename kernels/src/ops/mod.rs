@@ -9,10 +9,13 @@ mod chunked_ce_autodiff;
 mod deploy_backend;
 mod grouped;
 mod grouped_autodiff;
+mod grouped_backward;
 mod linear;
 mod merge;
+mod offsets;
 mod quant;
 mod reference;
+mod route;
 pub mod routing;
 mod weight;
 
@@ -26,12 +29,15 @@ pub use grouped::{
     grouped_forward, grouped_lora_linear, grouped_lora_linear_frozen_bias, GroupedLora,
     GroupedLoraLinearBackend,
 };
+pub use grouped_backward::{host_grouped_backward, GroupedBackward, GroupedGrads};
 pub use linear::{forward, lora_linear, LoraLinearBackend};
 pub use merge::add_lora_delta;
+pub use offsets::ExpertOffsets;
 #[cfg(feature = "gpu")]
 pub(crate) use quant::host_quantized_weight;
 pub use quant::{merged_weight, quantized_weight};
 pub use reference::lora_linear_reference;
+pub use route::{route_on_host, Route, RoutingBackend};
 pub use weight::{BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};
 mod flash_attention;
 mod flash_attention_reference;
