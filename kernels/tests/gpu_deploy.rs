@@ -13,7 +13,11 @@ use burn::backend::Vulkan;
 use burn::tensor::{Tensor, TensorData};
 use kernels::deploy::{deploy, Deployed, HostLora};
 use kernels::gpu::deploy::{bf16_on_device, mxfp4_on_device};
-use kernels::ops::{quantized_weight, BaseWeight, Lora, OwnedPacked, PackedWeight, Quantizer};
+use kernels::gpu::stacked::{deploy_stacked, stacked_base, ScaleLayout};
+use kernels::mxfp4::CodecError;
+use kernels::ops::{
+    quantized_weight, BaseWeight, GroupedLora, Lora, OwnedPacked, PackedWeight, Quantizer,
+};
 use support::Lcg;
 
 type B = Vulkan;
@@ -144,6 +148,83 @@ fn zero_b_and_no_lora_keep_the_base() {
     c.packed.dequantize_into(&mut base).unwrap();
     let wq: Tensor<B, 2> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(gpu.wq));
     assert_eq!(bits(&host(wq)), bits(&base));
+}
+
+/// The experts' factors stacked as `GroupedLora` holds them: `a [E·r, in]` (expert-major rows),
+/// `b [out, E·r]` (expert-major columns).
+fn grouped_lora(cases: &[Case]) -> GroupedLora<B> {
+    let (e, [out, inp], rank) = (cases.len(), cases[0].shape, cases[0].rank);
+    let a: Vec<f32> = cases.iter().flat_map(|c| c.a.iter().copied()).collect();
+    let mut b = vec![0f32; out * e * rank];
+    for (x, c) in cases.iter().enumerate() {
+        for o in 0..out {
+            for k in 0..rank {
+                b[o * e * rank + x * rank + k] = c.b[o * rank + k];
+            }
+        }
+    }
+    GroupedLora {
+        a: tensor(&a, [e * rank, inp]),
+        b: tensor(&b, [out, e * rank]),
+        scale: cases[0].scale,
+    }
+}
+
+/// All experts of a projection in one launch: each expert's codes and scale bytes equal the
+/// CPU's deploy of that expert with its own LoRA slice (one expert has B = 0), and without LoRA
+/// the CPU's re-quantized base; the stacked base holds the checkpoint bytes, and the per-expert
+/// deploy, reading it through the expert's block offset, stays bit-identical.
+#[test]
+fn deploy_stacked_is_bit_identical_per_expert() {
+    let mut cases: Vec<Case> = (0..3u64)
+        .map(|e| case([64, 96], 8, 2.0, if e == 1 { 0.0 } else { 0.5 }, 20 + e))
+        .collect();
+    let bases: Vec<Arc<dyn PackedWeight>> = cases.iter().map(|c| c.packed.clone()).collect();
+    let lora = grouped_lora(&cases);
+    let deployed = deploy_stacked(&bases, Some(&lora), &device()).unwrap();
+    assert_eq!(deployed.layout, ScaleLayout::Word);
+    assert_eq!((deployed.experts, deployed.out, deployed.inp), (3, 64, 96));
+    for (e, c) in cases.iter().enumerate() {
+        let (blocks, scales, _) = cpu_mxfp4(c);
+        assert_eq!(deployed.bytes(e), (blocks, scales), "expert {e}");
+    }
+    let base = stacked_base::<WgpuRuntime>(&bases, &device()).unwrap();
+    assert_eq!(base.layout, ScaleLayout::Packed);
+    for (e, c) in cases.iter_mut().enumerate() {
+        let (blocks, scales) = c.packed.packed_bytes().unwrap();
+        assert_eq!(base.bytes(e), (blocks.to_vec(), scales.to_vec()));
+        assert_mxfp4_identical(c);
+        c.rank = 0;
+        assert_mxfp4_identical(c);
+    }
+    let plain = deploy_stacked::<WgpuRuntime, i32, u8>(&bases, None, &device()).unwrap();
+    for (e, c) in cases.iter().enumerate() {
+        let (blocks, scales, _) = cpu_mxfp4(c);
+        assert_eq!(plain.bytes(e), (blocks, scales), "expert {e} without LoRA");
+    }
+    assert_eq!(plain.bytes(3), (vec![], vec![]));
+}
+
+/// Experts whose scale bytes do not fill whole words (6 blocks each): the stacked base and the
+/// per-expert deploy reading it at unaligned offsets; factors of the wrong shape are errors.
+#[test]
+fn stacked_odd_blocks_and_bad_factors() {
+    let cases: Vec<Case> = (0..3u64)
+        .map(|e| case([3, 64], 4, 0.5, 1.0, 30 + e))
+        .collect();
+    let bases: Vec<Arc<dyn PackedWeight>> = cases.iter().map(|c| c.packed.clone()).collect();
+    let base = stacked_base::<WgpuRuntime>(&bases, &device()).unwrap();
+    let deployed = deploy_stacked(&bases, Some(&grouped_lora(&cases)), &device()).unwrap();
+    for (e, c) in cases.iter().enumerate() {
+        let (blocks, scales) = c.packed.packed_bytes().unwrap();
+        assert_eq!(base.bytes(e), (blocks.to_vec(), scales.to_vec()));
+        let (blocks, scales, _) = cpu_mxfp4(c);
+        assert_eq!(deployed.bytes(e), (blocks, scales), "expert {e}");
+        assert_mxfp4_identical(c);
+    }
+    let lora = grouped_lora(&cases[..2]);
+    let r = deploy_stacked(&bases, Some(&lora), &device());
+    assert!(matches!(r, Err(CodecError::Length { .. })), "{:?}", r.err());
 }
 
 /// A merged block with an Inf (the CPU refuses it) comes out NaN, and only that block.

@@ -1,6 +1,9 @@
 //! The grouped MXFP4 expert matmul (`kernels::gpu::grouped_mxfp4`) on the `vulkan` backend
 //! (Mesa's lavapipe without a GPU) against the CPU: each expert's packed bytes decoded by the
 //! CPU codec (`kernels::mxfp4::dequantize`) and both products (`x·W_eᵀ`, `dy·W_e`) summed in f64.
+//! Every case runs on both stacked layouts: the frozen base (`stacked_base`, scale bytes packed
+//! 4 per word) and the deployed weights (`deploy_stacked` with a zero LoRA, one scale word per
+//! block, whose read-back bytes are the reference), with i32 offsets (burn's Int dtype).
 //!
 //! Tolerance: max |gpu − ref| ≤ 1e-5 · (1 + max |ref|) (f32 sums of at most 256 terms). The
 //! decode itself is checked exactly with one-hot rows: every nibble under the scale bytes
@@ -12,83 +15,105 @@
 #[path = "ops_support/mod.rs"]
 mod support;
 
+use std::sync::Arc;
+
 use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
-use burn::tensor::{DType, Shape};
+use burn::backend::Vulkan;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::server::Handle;
 use cubecl::Runtime;
-use kernels::gpu::grouped_mxfp4::{grouped_mxfp4_matmul, upload_stacked};
+use kernels::gpu::grouped_mxfp4::grouped_mxfp4_matmul;
+use kernels::gpu::stacked::{deploy_stacked, stacked_base, ScaleLayout, StackedMxfp4};
 use kernels::mxfp4::{self, CodecError};
+use kernels::ops::{GroupedLora, OwnedPacked, PackedWeight};
 use support::Lcg;
 
 type R = WgpuRuntime;
 
-/// Packed experts, their decoded weights (`[out, in]` each) and the stacked device buffers.
+/// Stacked experts on the device and their weights (`[out, in]` each) decoded by the CPU.
 struct Experts {
     out: usize,
     inp: usize,
     w: Vec<Vec<f32>>,
-    codes: Handle,
-    scales: Handle,
+    stack: StackedMxfp4<R>,
 }
 
 fn device() -> WgpuDevice {
     WgpuDevice::default()
 }
 
-/// `E` experts of random codes (every nibble) with scale bytes drawn from `scale_bytes`.
-fn experts(e: usize, out: usize, inp: usize, scale_bytes: &[u8], seed: u64) -> Experts {
-    let nibbles: Vec<u8> = (0..16).collect();
-    experts_from(e, [out, inp], &nibbles, scale_bytes, seed)
-}
-
-/// `E` experts `[out, in]` of nibbles drawn from `nibbles` and scale bytes from `scale_bytes`.
-fn experts_from(
+/// The packed experts `[out, in]` of nibbles drawn from `nibbles` and scale bytes from
+/// `scale_bytes`.
+fn packed(
     e: usize,
     [out, inp]: [usize; 2],
     nibbles: &[u8],
     scale_bytes: &[u8],
     seed: u64,
-) -> Experts {
+) -> Vec<Arc<dyn PackedWeight>> {
     let mut rng = Lcg::new(seed);
     let n_blocks = out * inp / mxfp4::BLOCK;
     let mut byte = |n: usize| -> u8 { ((rng.next_unit() + 1.0) * 0.5 * n as f64) as u8 };
-    let blocks: Vec<Vec<u8>> = (0..e)
+    (0..e)
         .map(|_| {
-            (0..n_blocks * 16)
+            let blocks: Vec<u8> = (0..n_blocks * 16)
                 .map(|_| {
                     let lo = nibbles[byte(nibbles.len()) as usize];
                     lo | (nibbles[byte(nibbles.len()) as usize] << 4)
                 })
-                .collect()
-        })
-        .collect();
-    let scales: Vec<Vec<u8>> = (0..e)
-        .map(|_| {
-            (0..n_blocks)
+                .collect();
+            let scales: Vec<u8> = (0..n_blocks)
                 .map(|_| scale_bytes[byte(scale_bytes.len()) as usize])
-                .collect()
+                .collect();
+            let w: Arc<dyn PackedWeight> =
+                Arc::new(OwnedPacked::new([out, inp], blocks, scales).unwrap());
+            w
         })
-        .collect();
-    let w: Vec<Vec<f32>> = blocks
-        .iter()
-        .zip(&scales)
-        .map(|(b, s)| {
+        .collect()
+}
+
+/// A zero LoRA of rank 2 (random A, B = 0) for `E` experts `[out, in]`.
+fn zero_lora(e: usize, [out, inp]: [usize; 2]) -> GroupedLora<Vulkan> {
+    let a = Lcg::new(9).uniform(e * 2 * inp);
+    GroupedLora {
+        a: Tensor::from_data(TensorData::new(a, [e * 2, inp]), &device()),
+        b: Tensor::zeros([out, e * 2], &device()),
+        scale: 2.0,
+    }
+}
+
+/// The experts as a stack of `layout`: the base, or the base deployed with a zero LoRA; the
+/// reference weights are the stack's bytes decoded by the CPU.
+fn stack(bases: &[Arc<dyn PackedWeight>], layout: ScaleLayout) -> Experts {
+    let stack = match layout {
+        ScaleLayout::Packed => stacked_base::<R>(bases, &device()).unwrap(),
+        ScaleLayout::Word => {
+            let lora = zero_lora(bases.len(), bases[0].shape());
+            deploy_stacked(bases, Some(&lora), &device()).unwrap()
+        }
+    };
+    assert_eq!(stack.layout, layout);
+    let [out, inp] = bases[0].shape();
+    let w = (0..bases.len())
+        .map(|e| {
+            let (b, s) = stack.bytes(e);
+            if layout == ScaleLayout::Packed {
+                assert_eq!(bases[e].packed_bytes().unwrap(), (&b[..], &s[..]));
+            }
             let mut w = vec![0f32; out * inp];
-            mxfp4::dequantize(b, s, &mut w).unwrap();
+            mxfp4::dequantize(&b, &s, &mut w).unwrap();
             w
         })
         .collect();
-    let b: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
-    let s: Vec<&[u8]> = scales.iter().map(Vec::as_slice).collect();
-    let (codes, scales) = upload_stacked::<R>(&R::client(&device()), &b, &s).unwrap();
-    Experts {
-        out,
-        inp,
-        w,
-        codes,
-        scales,
-    }
+    Experts { out, inp, w, stack }
+}
+
+/// `E` experts of random codes (every nibble) with scale bytes drawn from `scale_bytes`, in
+/// both layouts.
+fn experts(e: usize, out: usize, inp: usize, scale_bytes: &[u8], seed: u64) -> [Experts; 2] {
+    let nibbles: Vec<u8> = (0..16).collect();
+    let bases = packed(e, [out, inp], &nibbles, scale_bytes, seed);
+    [ScaleLayout::Packed, ScaleLayout::Word].map(|layout| stack(&bases, layout))
 }
 
 fn f32_tensor(values: &[f32], shape: [usize; 2]) -> CubeTensor<R> {
@@ -98,12 +123,17 @@ fn f32_tensor(values: &[f32], shape: [usize; 2]) -> CubeTensor<R> {
     CubeTensor::new_contiguous(client, device(), Shape::new(shape), handle, DType::F32)
 }
 
-fn offsets_tensor(offsets: &[u32]) -> CubeTensor<R> {
+/// Offsets as a device tensor of `dtype` (i32, burn's Int dtype here, or u32).
+fn offsets_as(offsets: &[u32], dtype: DType) -> CubeTensor<R> {
     let client = R::client(&device());
     let bytes: Vec<u8> = offsets.iter().flat_map(|v| v.to_le_bytes()).collect();
     let handle = client.create_from_slice(&bytes);
     let shape = Shape::new([offsets.len()]);
-    CubeTensor::new_contiguous(client, device(), shape, handle, DType::U32)
+    CubeTensor::new_contiguous(client, device(), shape, handle, dtype)
+}
+
+fn offsets_tensor(offsets: &[u32]) -> CubeTensor<R> {
+    offsets_as(offsets, DType::I32)
 }
 
 fn host(t: &CubeTensor<R>) -> Vec<f32> {
@@ -135,12 +165,8 @@ fn products(ex: &Experts, a: &[f32], counts: &[usize], transpose: bool) -> (Vec<
     let offsets = offsets_of(counts);
     let y = grouped_mxfp4_matmul(
         &f32_tensor(a, [n, kred]),
-        &ex.codes,
-        &ex.scales,
+        &ex.stack,
         &offsets_tensor(&offsets),
-        counts.len(),
-        ex.out,
-        ex.inp,
         transpose,
     )
     .unwrap();
@@ -165,33 +191,34 @@ fn products(ex: &Experts, a: &[f32], counts: &[usize], transpose: bool) -> (Vec<
     (host(&y), reference)
 }
 
-/// Both products of one case within the tolerance; returns the max errors (forward, transpose).
-fn check(e: usize, out: usize, inp: usize, counts: &[usize], seed: u64) -> [f64; 2] {
+/// Both products of one case within the tolerance, on both layouts.
+fn check(e: usize, out: usize, inp: usize, counts: &[usize], seed: u64) {
     assert_eq!(counts.len(), e);
     let scale_bytes: Vec<u8> = (120..=134).collect();
-    let ex = experts(e, out, inp, &scale_bytes, seed);
     let n: usize = counts.iter().sum();
-    let mut rng = Lcg::new(seed ^ 0x5eed);
-    [false, true].map(|transpose| {
-        let kred = if transpose { out } else { inp };
-        let a = rng.uniform(n * kred);
-        let (got, reference) = products(&ex, &a, counts, transpose);
-        let max_ref = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&reference)
-            .fold(0f64, |m, (g, r)| m.max((f64::from(*g) - r).abs()));
-        let tol = 1e-5 * (1.0 + max_ref);
-        println!(
-            "E={e} out={out} in={inp} N={n} transpose={transpose}: max err {err:.3e} \
-             (max |ref| {max_ref:.3e}, tol {tol:.3e})"
-        );
-        assert!(
-            err <= tol,
-            "max err {err} > tol {tol} (transpose {transpose})"
-        );
-        err
-    })
+    for ex in experts(e, out, inp, &scale_bytes, seed) {
+        let layout = ex.stack.layout;
+        let mut rng = Lcg::new(seed ^ 0x5eed);
+        for transpose in [false, true] {
+            let kred = if transpose { out } else { inp };
+            let a = rng.uniform(n * kred);
+            let (got, reference) = products(&ex, &a, counts, transpose);
+            let max_ref = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&reference)
+                .fold(0f64, |m, (g, r)| m.max((f64::from(*g) - r).abs()));
+            let tol = 1e-5 * (1.0 + max_ref);
+            println!(
+                "E={e} out={out} in={inp} N={n} {layout:?} transpose={transpose}: max err \
+                 {err:.3e} (max |ref| {max_ref:.3e}, tol {tol:.3e})"
+            );
+            assert!(
+                err <= tol,
+                "max err {err} > tol {tol} ({layout:?}, transpose {transpose})"
+            );
+        }
+    }
 }
 
 /// Ragged offsets: empty experts first, in the middle and last; an expert with fewer rows than
@@ -218,18 +245,52 @@ fn last_expert_only() {
 /// product turns an Inf weight into NaN), `y[i, o] = W_e[o, i]` and `dx[i, :] = W_e[i, :]`.
 #[test]
 fn decode_is_exact() {
+    let both = |bases: &[Arc<dyn PackedWeight>]| {
+        [ScaleLayout::Packed, ScaleLayout::Word].map(|layout| stack(bases, layout))
+    };
     let scales: Vec<u8> = (0..=252).collect();
     let all: Vec<u8> = (0..16).collect();
-    one_hot_exact(&experts_from(2, [40, 64], &all, &scales, 4));
-    let low = experts_from(2, [40, 64], &all, &[0, 1, 2], 6);
+    for ex in both(&packed(2, [40, 64], &all, &scales, 4)) {
+        one_hot_exact(&ex);
+    }
     // subnormal weights (scale bytes 0 and 1): exact where the device keeps f32 denormals
     // (lavapipe does; Vulkan leaves it to the driver, and no checkpoint has these scales)
+    let [low, low_deployed] = both(&packed(2, [40, 64], &all, &[0, 1, 2], 6));
     assert!(low.w.iter().flatten().any(|v| v.is_subnormal()));
     one_hot_exact(&low);
-    let top = experts_from(2, [40, 64], &[0, 1, 8, 9], &[253, 254, 255], 5);
-    // and 0.5 · 2^128 (scale byte 255)
+    one_hot_exact(&low_deployed);
+    // and 0.5 · 2^128 (scale byte 255); the base only (its larger values are Inf, which the
+    // deploy turns into NaN blocks)
+    let top = stack(
+        &packed(2, [40, 64], &[0, 1, 8, 9], &[253, 254, 255], 5),
+        ScaleLayout::Packed,
+    );
     assert!(top.w.iter().flatten().any(|v| v.abs() == 2f32.powi(127)));
     one_hot_exact(&top);
+}
+
+/// A deployed block whose merged values overflow (the CPU refuses it) is NaN in the grouped
+/// product (its scale word carries the NaN flag), and only there.
+#[test]
+fn nan_block_reaches_the_product() {
+    let (e, out, inp) = (2, 2, 64);
+    let bases = packed(e, [out, inp], &[2, 3], &[127], 7);
+    // expert 1: B[0, :] = MAX, A = 4: row 0 of W_1 overflows
+    let mut b = vec![0f32; out * e];
+    b[1] = f32::MAX;
+    let lora = GroupedLora::<Vulkan> {
+        a: Tensor::from_data(TensorData::new(vec![4f32; e * inp], [e, inp]), &device()),
+        b: Tensor::from_data(TensorData::new(b, [out, e]), &device()),
+        scale: 1.0,
+    };
+    let stack = deploy_stacked(&bases, Some(&lora), &device()).unwrap();
+    assert_eq!(stack.bytes(1).1[..2], [255, 255]);
+    let x = f32_tensor(&vec![1f32; 2 * inp], [2, inp]);
+    let y = grouped_mxfp4_matmul(&x, &stack, &offsets_tensor(&[0, 1, 2]), false).unwrap();
+    let y = host(&y);
+    // row 0 (expert 0) finite; row 1 (expert 1): column 0 NaN, column 1 finite
+    assert!(y[0].is_finite() && y[1].is_finite(), "{y:?}");
+    assert!(y[2].is_nan() && y[3].is_finite(), "{y:?}");
 }
 
 /// Both products with one-hot rows equal the CPU-decoded weights exactly.
@@ -267,44 +328,45 @@ fn one_hot_exact(ex: &Experts) {
 #[test]
 fn bad_shapes_are_errors() {
     let (e, out, inp) = (3, 8, 64);
-    let ex = experts(e, out, inp, &[127], 5);
+    let [mut ex, _] = experts(e, out, inp, &[127], 5);
     let x = f32_tensor(&[0.0; 4 * 64], [4, 64]);
     let good = offsets_tensor(&[0, 1, 3, 4]);
-    let call = |x: &CubeTensor<R>, offsets: &CubeTensor<R>, e: usize, inp: usize, t: bool| {
-        grouped_mxfp4_matmul(x, &ex.codes, &ex.scales, offsets, e, out, inp, t)
-    };
-    assert!(call(&x, &good, e, inp, false).is_ok());
+    assert!(grouped_mxfp4_matmul(&x, &ex.stack, &good, false).is_ok());
+    // u32 offsets are accepted too
+    let unsigned = offsets_as(&[0, 1, 3, 4], DType::U32);
+    assert!(grouped_mxfp4_matmul(&x, &ex.stack, &unsigned, false).is_ok());
     let length = |r: Result<CubeTensor<R>, CodecError>| {
         assert!(matches!(r, Err(CodecError::Length { .. })), "{:?}", r.err());
     };
+    let w = &ex.stack;
     // offsets of length E, not E + 1
-    length(call(&x, &offsets_tensor(&[0, 1, 4]), e, inp, false));
-    // x columns != in (forward) and != out (transpose)
-    length(call(
-        &f32_tensor(&[0.0; 4 * 32], [4, 32]),
-        &good,
-        e,
-        inp,
+    length(grouped_mxfp4_matmul(
+        &x,
+        w,
+        &offsets_tensor(&[0, 1, 4]),
         false,
     ));
-    length(call(&x, &good, e, inp, true));
-    // buffers sized for another expert count
-    length(call(&x, &offsets_tensor(&[0, 1, 2, 3, 4]), 4, inp, false));
-    // in not a multiple of 32
-    length(call(&x, &good, e, 63, false));
-    // offsets not u32
+    // x columns != in (forward) and != out (transpose)
+    let narrow = f32_tensor(&[0.0; 4 * 32], [4, 32]);
+    length(grouped_mxfp4_matmul(&narrow, w, &good, false));
+    length(grouped_mxfp4_matmul(&x, w, &good, true));
+    // offsets neither i32 nor u32
     let client = R::client(&device());
     let handle = client.create_from_slice(&[0; 16]);
-    let f = CubeTensor::new_contiguous(
-        client.clone(),
-        device(),
-        Shape::new([4]),
-        handle,
-        DType::F32,
-    );
-    length(call(&x, &f, e, inp, false));
-    // upload: expert byte counts that disagree
-    length(
-        upload_stacked::<R>(&client, &[&[0; 16], &[0; 32]], &[&[127], &[127]]).map(|_| x.clone()),
-    );
+    let shape = Shape::new([4]);
+    let f = CubeTensor::new_contiguous(client, device(), shape, handle, DType::F32);
+    length(grouped_mxfp4_matmul(&x, w, &f, false));
+    // buffers sized for another expert count
+    ex.stack.experts = 4;
+    let five = offsets_tensor(&[0, 1, 2, 3, 4]);
+    length(grouped_mxfp4_matmul(&x, &ex.stack, &five, false));
+    ex.stack.experts = e;
+    // in not a multiple of 32
+    ex.stack.inp = 63;
+    length(grouped_mxfp4_matmul(&x, &ex.stack, &good, false));
+    // stacks of experts whose shapes disagree, or of no expert
+    let mut bases = packed(2, [out, inp], &[0], &[127], 1);
+    bases.extend(packed(1, [out, 32], &[0], &[127], 1));
+    length(stacked_base::<R>(&bases, &device()).map(|_| x.clone()));
+    length(stacked_base::<R>(&[], &device()).map(|_| x.clone()));
 }

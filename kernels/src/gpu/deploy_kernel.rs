@@ -19,15 +19,23 @@ use cubecl::prelude::*;
 
 /// Bits of a quiet NaN.
 const NAN_BITS: u32 = 0x7FC0_0000;
+/// The scale word of a block made NaN: the byte 255 (what the codes' bytes read back hold), and
+/// bit 8, by which the grouped matmul decodes the block as NaN (a checkpoint's 255 is 2^128).
+pub const NAN_BLOCK: u32 = 0x1FF;
 /// Exponent bits of an f32 (all ones: Inf/NaN).
 const EXP_MASK: u32 = 0x7F80_0000;
 
-/// One unit per MXFP4 block of 32 along `in` (`n_blocks` = out·in/32): decodes the packed base
-/// (`blocks`: 4 little-endian words per block, element 2j in the low nibble of byte j;
-/// `scales`: one E8M0 byte per block, 4 per word), adds `s·B·A` (`rank` 0: none), writes the
-/// merged values to `wq`, and with `quantize` replaces them by their MXFP4 code's value, with the
-/// codes (`codes`, 4 words per block, the checkpoint's byte order) and the scale byte
-/// (`scales_out`, one word per block).
+/// One unit per MXFP4 block of 32 along `in` of `experts` stacked `[out, in]` weights
+/// (`n_blocks` = out·in/32 per expert; unit `blk` is block `blk % n_blocks` of expert
+/// `e = blk / n_blocks`): decodes the packed base at block `base0 + blk` (`blocks`: 4
+/// little-endian words per block, element 2j in the low nibble of byte j; `scales`: one E8M0
+/// byte per block, 4 per word), adds `s·B_e·A_e` (`rank` r per expert, 0: none; `a [E·r, in]`
+/// with `A_e` its rows `e·r..`, `b [out, E·r]` with `B_e` its columns `e·r..`: for one expert the
+/// plain `[r, in]`/`[out, r]`), and with `quantize` replaces the merged values by their MXFP4
+/// code's value, writing the codes (`codes`, 4 words per block, the checkpoint's byte order) and
+/// the scale byte (`scales_out`, one word per block; [`NAN_BLOCK`] for a non-finite block).
+/// With `write_dense` the values go to `wq` (f32, 32 per block); without, `wq` is not touched
+/// (`quantize` must then be set).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn mxfp4_deploy_kernel(
@@ -42,48 +50,58 @@ pub fn mxfp4_deploy_kernel(
     codes: &mut Array<u32>,
     scales_out: &mut Array<u32>,
     rank: u32,
+    experts: u32,
     inp: u32,
     n_blocks: u32,
+    base0: u32,
     scale: f32,
     one: f32,
     zero: f32,
     #[comptime] quantize: bool,
+    #[comptime] write_dense: bool,
 ) {
     let blk = ABSOLUTE_POS;
-    if blk >= n_blocks as usize {
+    let n_blocks = n_blocks as usize;
+    if blk >= experts as usize * n_blocks {
         terminate!();
     }
     let inp = inp as usize;
     let rank = rank as usize;
+    let e = blk / n_blocks;
     let per_row = inp / 32;
-    let row = blk / per_row;
+    let row = (blk % n_blocks) / per_row;
     let col0 = (blk % per_row) * 32;
-    let sbyte = ((scales[blk / 4] >> (((blk % 4) * 8) as u32)) & 0xFFu32) as usize;
+    // B_e: row stride E·r, columns from e·r; A_e: rows from e·r
+    let b_row = row * (experts as usize * rank) + e * rank;
+    let a_row = e * rank;
+    let src = base0 as usize + blk;
+    let sbyte = ((scales[src / 4] >> (((src % 4) * 8) as u32)) & 0xFFu32) as usize;
+    let mut vals = Array::<f32>::new(32usize);
     let mut amax = 0u32;
     for j in 0..32usize {
-        let word = blocks[blk * 4 + j / 8];
+        let word = blocks[src * 4 + j / 8];
         let nib = ((word >> (((j % 8) * 4) as u32)) & 0xFu32) as usize;
         let mut w = decode[sbyte * 16 + nib];
         if rank > 0 {
             let mut d = zero;
             for k in 0..rank {
-                d += (b[row * rank + k] * a[k * inp + col0 + j]) * one;
+                d += (b[b_row + k] * a[(a_row + k) * inp + col0 + j]) * one;
             }
             w += (scale * d) * one;
         }
-        wq[row * inp + col0 + j] = w;
+        vals[j] = w;
         amax = max(amax, u32::reinterpret(w) & 0x7FFF_FFFFu32);
     }
     if comptime!(quantize) {
         if amax >= EXP_MASK {
             // a NaN/Inf in the block: the CPU refuses it; here the block becomes NaN
             for j in 0..32usize {
-                wq[row * inp + col0 + j] = f32::reinterpret(NAN_BITS);
+                vals[j] = f32::reinterpret(NAN_BITS);
             }
             for w in 0..4usize {
                 codes[blk * 4 + w] = 0u32;
             }
-            scales_out[blk] = 0xFFu32;
+            scales_out[blk] = NAN_BLOCK;
         } else {
             // the block exponent: how many per-exponent upper bounds amax exceeds (monotone)
             let mut e_idx = 127usize;
@@ -103,7 +121,7 @@ pub fn mxfp4_deploy_kernel(
             scales_out[blk] = e_idx as u32;
             let mut packed = 0u32;
             for j in 0..32usize {
-                let bits = u32::reinterpret(wq[row * inp + col0 + j]);
+                let bits = u32::reinterpret(vals[j]);
                 let mag = bits & 0x7FFF_FFFFu32;
                 let mut code = 0u32;
                 for k in 0..7usize {
@@ -115,13 +133,19 @@ pub fn mxfp4_deploy_kernel(
                 if (bits >> 31u32) == 1u32 && code != 0u32 {
                     nib = code | 8u32;
                 }
-                wq[row * inp + col0 + j] = decode[e_idx * 16 + nib as usize];
+                vals[j] = decode[e_idx * 16 + nib as usize];
                 packed |= nib << (((j % 8) * 4) as u32);
                 if j % 8 == 7 {
                     codes[blk * 4 + j / 8] = packed;
                     packed = 0;
                 }
             }
+        }
+    }
+    if comptime!(write_dense) {
+        // block `blk` is row `row` of expert `e`, columns col0..col0 + 32: elements blk·32..
+        for j in 0..32usize {
+            wq[blk * 32 + j] = vals[j];
         }
     }
 }

@@ -1,10 +1,16 @@
-//! The packed base on the device: each expert's `*_blocks`/`*_scales` bytes are uploaded once,
-//! as they are (half a byte per weight plus a byte per 32), and kept while the weight lives; and
-//! the codec's tables, uploaded once per device.
+//! The packed base on the device: the `*_blocks`/`*_scales` bytes are uploaded once, as they are
+//! (half a byte per weight plus a byte per 32), and kept while the weights live; and the codec's
+//! tables, uploaded once per device.
 //!
-//! Uploads are cached by the address of the weight's allocation and the device. The cache holds a
-//! `Weak` of the weight: it keeps the allocation (not the weight) alive, so the address cannot be
-//! reused by another weight while the entry exists; entries of dropped weights are purged.
+//! One buffer pair per upload, expert-major when it holds several weights (a stack: all experts
+//! of one projection, [`stacked`]); a weight is read from it at its first block ([`Resident`]'s
+//! `offset`). Building a stack replaces the single uploads of its weights by views into it, so a
+//! weight has one device copy once its projection is stacked.
+//!
+//! Uploads are cached by the address of the weights' allocations and the device. The cache holds
+//! `Weak`s of the weights: they keep the allocations (not the weights) alive, so an address
+//! cannot be reused by another weight while the entry exists; entries of dropped weights are
+//! purged.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -13,17 +19,19 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use burn_cubecl::CubeRuntime;
 use cubecl::server::Handle;
 
-use crate::mxfp4::CodecError;
+use crate::mxfp4::{CodecError, BLOCK, BLOCK_BYTES};
 use crate::ops::PackedWeight;
 
-/// One weight's packed bytes on one device: `blocks` (4 words per block of 32) and `scales`
-/// (the scale bytes, zero-padded to whole words).
+/// Packed bytes on one device: `blocks` (4 words per block of 32) and `scales` (the scale bytes,
+/// zero-padded to whole words) of one weight or of a stack, and where one weight starts in them.
 #[derive(Clone)]
 pub(crate) struct Resident {
     pub blocks: Handle,
     pub scales: Handle,
     /// Words of `blocks` and of `scales`.
     pub lengths: [usize; 2],
+    /// The weight's first block in the buffers (0 for a whole stack).
+    pub offset: usize,
 }
 
 struct Entry {
@@ -32,31 +40,57 @@ struct Entry {
     upload: Box<dyn Any + Send>,
 }
 
-type Key = (usize, String);
+struct StackEntry {
+    weights: Vec<Weak<dyn PackedWeight>>,
+    /// `Resident` of the whole stack.
+    upload: Box<dyn Any + Send>,
+}
 
-fn cache() -> &'static Mutex<HashMap<Key, Entry>> {
-    static CACHE: OnceLock<Mutex<HashMap<Key, Entry>>> = OnceLock::new();
+#[derive(Default)]
+struct Caches {
+    /// Per weight: its own upload, or its view into a stack.
+    single: HashMap<(usize, String), Entry>,
+    /// Per stack: (address of the first weight, experts, device).
+    stacks: HashMap<(usize, usize, String), StackEntry>,
+}
+
+fn cache() -> &'static Mutex<Caches> {
+    static CACHE: OnceLock<Mutex<Caches>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
-/// The device copy of `weight` on `device`, uploaded on first use.
+fn addr(weight: &Arc<dyn PackedWeight>) -> usize {
+    Arc::as_ptr(weight) as *const () as usize
+}
+
+fn device_key<R: CubeRuntime>(device: &R::Device) -> String {
+    format!("{}:{device:?}", std::any::type_name::<R>())
+}
+
+/// Drops the entries of dropped weights (a stack goes with any of its weights).
+fn purge(caches: &mut Caches) {
+    caches.single.retain(|_, e| e.weight.strong_count() > 0);
+    caches
+        .stacks
+        .retain(|_, s| s.weights.iter().all(|w| w.strong_count() > 0));
+}
+
+/// The device copy of `weight` on `device`: its view into a stack holding it, else its own
+/// upload, made on first use.
 pub(crate) fn resident<R: CubeRuntime>(
     weight: &Arc<dyn PackedWeight>,
     device: &R::Device,
 ) -> Result<Resident, CodecError> {
-    let key = (
-        Arc::as_ptr(weight) as *const () as usize,
-        format!("{}:{device:?}", std::any::type_name::<R>()),
-    );
-    let mut map = cache().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(entry) = map.get(&key) {
+    let key = (addr(weight), device_key::<R>(device));
+    let mut caches = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(entry) = caches.single.get(&key) {
         if let (Some(_), Some(r)) = (entry.weight.upgrade(), entry.upload.downcast_ref()) {
             return Ok(Resident::clone(r));
         }
     }
-    map.retain(|_, e| e.weight.strong_count() > 0);
-    let upload = upload::<R>(weight.as_ref(), device)?;
-    map.insert(
+    purge(&mut caches);
+    let (upload, _) = upload::<R>(&[weight.as_ref()], device)?;
+    caches.single.insert(
         key,
         Entry {
             weight: Arc::downgrade(weight),
@@ -64,6 +98,59 @@ pub(crate) fn resident<R: CubeRuntime>(
         },
     );
     Ok(upload)
+}
+
+/// The stack of `weights` (expert-major, all of one shape) on `device` and that shape, uploaded
+/// on first use; the weights' single uploads are replaced by views into it.
+pub(crate) fn stacked<R: CubeRuntime>(
+    weights: &[Arc<dyn PackedWeight>],
+    device: &R::Device,
+) -> Result<(Resident, [usize; 2]), CodecError> {
+    let Some(first) = weights.first() else {
+        return Err(CodecError::Length {
+            what: "experts (at least one)",
+            expected: 1,
+            got: 0,
+        });
+    };
+    let dev = device_key::<R>(device);
+    let key = (addr(first), weights.len(), dev.clone());
+    let mut caches = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(entry) = caches.stacks.get(&key) {
+        let same = entry
+            .weights
+            .iter()
+            .zip(weights)
+            .all(|(w, x)| w.upgrade().is_some_and(|w| Arc::ptr_eq(&w, x)));
+        if let (true, Some(r)) = (same, entry.upload.downcast_ref()) {
+            return Ok((Resident::clone(r), first.shape()));
+        }
+    }
+    purge(&mut caches);
+    let refs: Vec<&dyn PackedWeight> = weights.iter().map(|w| w.as_ref()).collect();
+    let (upload, shape) = upload::<R>(&refs, device)?;
+    let per_expert = shape[0] * shape[1] / BLOCK;
+    for (e, weight) in weights.iter().enumerate() {
+        let view = Resident {
+            offset: e * per_expert,
+            ..upload.clone()
+        };
+        caches.single.insert(
+            (addr(weight), dev.clone()),
+            Entry {
+                weight: Arc::downgrade(weight),
+                upload: Box::new(view),
+            },
+        );
+    }
+    caches.stacks.insert(
+        key,
+        StackEntry {
+            weights: weights.iter().map(Arc::downgrade).collect(),
+            upload: Box::new(upload.clone()),
+        },
+    );
+    Ok((upload, shape))
 }
 
 /// The codec tables of `super::tables` on one device (decode values, code thresholds,
@@ -104,18 +191,54 @@ pub(crate) fn codec_tables<R: CubeRuntime>(device: &R::Device) -> CodecTables {
     tables
 }
 
-/// Uploads without caching (a weight that exists only for one call).
+/// Uploads `weights` (at least one, all of one shape `[out, in]`, `in` a multiple of 32) as one
+/// stack without caching; returns it with the shape. Errors: no weight, another shape, `in` not
+/// a multiple of 32, or byte counts that do not match the shape.
 pub(crate) fn upload<R: CubeRuntime>(
-    weight: &dyn PackedWeight,
+    weights: &[&dyn PackedWeight],
     device: &R::Device,
-) -> Result<Resident, CodecError> {
-    let (blocks, scales) = weight.packed_bytes()?;
+) -> Result<(Resident, [usize; 2]), CodecError> {
+    let Some(first) = weights.first() else {
+        return Err(CodecError::Length {
+            what: "experts (at least one)",
+            expected: 1,
+            got: 0,
+        });
+    };
+    let shape = first.shape();
+    if !shape[1].is_multiple_of(BLOCK) {
+        return Err(CodecError::Length {
+            what: "packed weight `in` (must be a multiple of 32)",
+            expected: shape[1].next_multiple_of(BLOCK),
+            got: shape[1],
+        });
+    }
+    let n_blocks = shape[0] * shape[1] / BLOCK;
+    let mut blocks = Vec::with_capacity(weights.len() * n_blocks * BLOCK_BYTES);
+    let mut scales = Vec::with_capacity((weights.len() * n_blocks).next_multiple_of(4));
+    for weight in weights {
+        let [out, inp] = weight.shape();
+        CodecError::expect_len("expert rows (one shape for all)", shape[0], out)?;
+        CodecError::expect_len("expert columns (one shape for all)", shape[1], inp)?;
+        let (b, s) = weight.packed_bytes()?;
+        CodecError::expect_len(
+            "packed blocks (16 bytes per block)",
+            n_blocks * BLOCK_BYTES,
+            b.len(),
+        )?;
+        CodecError::expect_len("packed scales (a byte per block)", n_blocks, s.len())?;
+        blocks.extend_from_slice(b);
+        scales.extend_from_slice(s);
+    }
+    // whole words; a zero-sized buffer is not bindable: keep one word
+    blocks.resize(blocks.len().max(4), 0);
+    scales.resize(scales.len().next_multiple_of(4).max(4), 0);
     let client = R::client(device);
-    let mut padded = scales.to_vec();
-    padded.resize(scales.len().next_multiple_of(4), 0);
-    Ok(Resident {
-        blocks: client.create_from_slice(blocks),
-        scales: client.create_from_slice(&padded),
-        lengths: [blocks.len() / 4, padded.len() / 4],
-    })
+    let resident = Resident {
+        blocks: client.create_from_slice(&blocks),
+        scales: client.create_from_slice(&scales),
+        lengths: [blocks.len() / 4, scales.len() / 4],
+        offset: 0,
+    };
+    Ok((resident, shape))
 }

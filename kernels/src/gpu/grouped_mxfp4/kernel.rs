@@ -27,12 +27,26 @@ const XS: usize = TK + 1;
 
 /// The value of element `j` (0..32) of MXFP4 block `block`: the E2M1 value of its nibble times
 /// `2^(scale − 127)`, both built from bits, so the value is exact (the CPU codec's `DECODE`,
-/// including `2^128` for the scale byte 255: `v·2^127·2`, +Inf where it overflows).
+/// including `2^128` for the scale byte 255: `v·2^127·2`, +Inf where it overflows). The scale
+/// byte is byte `block % 4` of word `block / 4` (`packed`) or the low byte of word `block`,
+/// where a word above 255 (the deploy's NaN block) makes the value NaN.
 #[cube]
-fn decode(codes: &Array<u32>, scales: &Array<u32>, block: usize, j: usize) -> f32 {
+fn decode(
+    codes: &Array<u32>,
+    scales: &Array<u32>,
+    block: usize,
+    j: usize,
+    #[comptime] packed: bool,
+) -> f32 {
     let word = codes[block * 4 + j / 8];
     let nib = (word >> (((j % 8) * 4) as u32)) & 0xFu32;
-    let s = scales[block] & 0xFFu32;
+    // the scale word: the byte alone (packed) or the byte with the NaN flag above it (word)
+    let sw = if comptime!(packed) {
+        (scales[block / 4] >> (((block % 4) * 8) as u32)) & 0xFFu32
+    } else {
+        scales[block]
+    };
+    let s = sw & 0xFFu32;
     let m = nib & 7u32;
     // codes 2..7: 2^((m >> 1) − 1) · (1 + (m & 1)/2); code 1: 0.5; code 0: 0
     let normal = ((126u32 + (m >> 1u32)) << 23u32) | ((m & 1u32) << 22u32);
@@ -44,12 +58,16 @@ fn decode(codes: &Array<u32>, scales: &Array<u32>, block: usize, j: usize) -> f3
     if s == 255u32 {
         v *= 2.0;
     }
+    if sw > 0xFFu32 {
+        v = f32::reinterpret(0x7FC0_0000u32);
+    }
     v
 }
 
 /// `c [rows, ncols] = a [rows, kred] · B_e` per expert (see the module doc). `offsets`: `E + 1`
-/// row offsets; `codes` (4 words per block) and `scales` (one word per block, the byte in the
-/// low 8 bits) hold the `E` weights `[out, inp]` expert-major. `kred`/`ncols` are `inp`/`out`
+/// row offsets (non-negative i32 or u32, read as u32); `codes` (4 words per block) and `scales`
+/// (4 bytes per word with `packed_scales`, else one word per block, the byte in the low 8 bits)
+/// hold the `E` weights `[out, inp]` expert-major. `kred`/`ncols` are `inp`/`out`
 /// (forward) or `out`/`inp` (`transpose`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -66,6 +84,7 @@ pub fn grouped_mxfp4_kernel(
     kred: u32,
     ncols: u32,
     #[comptime] transpose: bool,
+    #[comptime] packed_scales: bool,
 ) {
     let rows = rows as usize;
     let kred = kred as usize;
@@ -148,7 +167,13 @@ pub fn grouped_mxfp4_kernel(
             }
             let mut v = 0.0f32;
             if k < kred && n < ncols {
-                v = decode(codes, scales, wbase + o * per_row + i / 32, i % 32);
+                v = decode(
+                    codes,
+                    scales,
+                    wbase + o * per_row + i / 32,
+                    i % 32,
+                    packed_scales,
+                );
             }
             ws[kk * TN + nn] = v;
         }
