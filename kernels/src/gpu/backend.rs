@@ -4,7 +4,6 @@
 //! grouped expert linear is `grouped.rs`, routing `route.rs`.
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::Tensor;
 use burn_cubecl::element::BoolElement;
 use burn_cubecl::{CubeBackend, CubeRuntime, IntElement};
 
