@@ -10,5 +10,6 @@ pub mod data;
 pub mod device;
 pub mod export;
 pub mod model;
+pub mod plan;
 pub mod quickstart;
 pub mod train;

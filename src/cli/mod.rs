@@ -4,6 +4,7 @@ pub mod combine;
 pub mod data_args;
 pub mod export;
 pub mod inspect;
+pub mod plan;
 pub mod prepare;
 pub mod quickstart;
 pub mod score;
@@ -43,6 +44,8 @@ pub enum Command {
     Keygen(sign::KeygenArgs),
     /// Sign an adapter directory's manifest with an ed25519 key.
     Sign(sign::SignArgs),
+    /// Per-device memory plan and strategy (data parallel, layer placement) for given devices.
+    Plan(plan::PlanArgs),
     /// The embedded default: a tiny random gpt-oss, trained briefly, merge-exported and verified.
     Quickstart(quickstart::QuickstartArgs),
 }
@@ -59,6 +62,7 @@ impl Cli {
             Command::Combine(args) => combine::run(&args),
             Command::Keygen(args) => sign::run_keygen(&args),
             Command::Sign(args) => sign::run_sign(&args),
+            Command::Plan(args) => plan::run(&args),
             Command::Quickstart(args) => quickstart::run(&args),
         }
     }
