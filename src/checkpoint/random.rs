@@ -67,11 +67,13 @@ impl GptOssConfig {
             .and_then(|v| v.get("initializer_range")?.as_f64())
             .unwrap_or(0.02) as f32;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // shards of at most 4 GiB, as the release's are (a shard is assembled beside its data
+        // file, so writing needs the shard's size again in free disk, not the checkpoint's)
         let mut w = ShardedWriter::create(
             dir,
             WriterOptions {
                 overwrite,
-                max_shard_bytes: u64::MAX,
+                max_shard_bytes: 4 << 30,
                 ..Default::default()
             },
         )?;

@@ -176,6 +176,7 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = config(args)?;
     let s = setup(cfg)?;
+    log_plan(&s, args.device);
     let outcome = crate::device::dispatch(args.device, TrainJob(s))?;
     let last = outcome
         .state
@@ -195,6 +196,41 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         last.map_or(String::new(), |e| format!(" (last loss {})", e["loss"]))
     );
     Ok(())
+}
+
+/// Logs the memory plan of this run (`lora-qat plan`) on the CPU against the host's memory, with a
+/// warning when it does not fit (packed experts are memory-mapped there, so the figure is an upper
+/// bound of what must stay resident). A device's capacity is not read: the log says how to plan.
+fn log_plan(s: &crate::train::setup::Setup, device: crate::device::DeviceChoice) {
+    use crate::plan::{plan, DeviceKind, Devices, PlanOptions};
+    let Some(bytes_each) = host_memory().filter(|_| device == crate::device::DeviceChoice::Cpu)
+    else {
+        tracing::info!(
+            "memory per device: `lora-qat plan --base BASE --devices NxSIZE --seq {}`",
+            s.cfg.max_length
+        );
+        return;
+    };
+    let devices = Devices {
+        kind: DeviceKind::Cpu,
+        count: 1,
+        bytes_each,
+        spec: format!("cpu:{:.1}GB", bytes_each as f64 / 1e9),
+    };
+    let options = PlanOptions::from_train_config(&s.cfg, devices);
+    match plan("base", s.ckpt.config(), &options) {
+        Ok(p) if p.fits() => tracing::info!("memory plan:\n{p}"),
+        Ok(p) => tracing::warn!("memory plan: this run may not fit in host memory\n{p}"),
+        Err(e) => tracing::warn!("no memory plan: {e:#}"),
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo` in bytes (`None` where it cannot be read).
+fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Training, on the backend of `--device`.
