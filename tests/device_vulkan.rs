@@ -1,15 +1,20 @@
-//! The `vulkan` device (burn's wgpu backend with the SPIR-V compiler; Mesa's lavapipe on a machine
-//! without a GPU) against the CPU on the fixture: the QAT and plain-LoRA logits, the QAT gradients
-//! of every LoRA tensor, `score --device vulkan` and two `train --device vulkan` steps.
-#![cfg(feature = "vulkan")]
+//! The device of the build against the CPU on the fixture: the QAT and plain-LoRA logits, the QAT
+//! gradients of every LoRA tensor, `score --device D` and two `train --device D` steps. It runs
+//! on whichever device feature is built (`tests/device_support`): with `vulkan`, burn's wgpu
+//! backend with the SPIR-V compiler (Mesa's lavapipe on a machine without a GPU; what CI runs);
+//! with `cuda` (and not `vulkan`), burn's CUDA backend on device 0
+//! (`cargo test --release --features cuda --test device_vulkan`). The file keeps its name because
+//! CI calls it by name.
+#![cfg(any(feature = "vulkan", feature = "cuda"))]
 
 mod cli_support;
+mod device_support;
 mod export_support;
 mod model_support;
 
-use burn::backend::wgpu::WgpuDevice;
-use burn::backend::{Autodiff, Flex, Vulkan};
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
+use device_support::{device, B, NAME};
 use kernels::ops::LoraLinearBackend;
 use lora_qat::model::{ForwardMode, GradPath, PositionIds, QuantMode};
 use model_support::*;
@@ -39,12 +44,12 @@ fn logits<B: LoraLinearBackend>(device: &B::Device, quant: QuantMode) -> Vec<f32
 
 #[test]
 fn logits_match_the_cpu() {
-    let vk = WgpuDevice::default();
+    let dev = device();
     for quant in [QuantMode::Mxfp4, QuantMode::None] {
         let cpu = logits::<Flex>(&Default::default(), quant);
-        let gpu = logits::<Vulkan>(&vk, quant);
+        let gpu = logits::<B>(&dev, quant);
         let diff = max_abs_diff(&gpu, &cpu);
-        eprintln!("{quant:?}: max |vulkan - cpu| = {diff:e}");
+        eprintln!("{quant:?}: max |{NAME} - cpu| = {diff:e}");
         assert!(diff <= DEVICE_LOGITS_TOL, "{quant:?}: max abs diff {diff}");
     }
 }
@@ -76,7 +81,7 @@ where
 #[test]
 fn qat_gradients_match_the_cpu() {
     let cpu = grads::<Autodiff<Flex>>(&Default::default());
-    let gpu = grads::<Autodiff<Vulkan>>(&WgpuDevice::default());
+    let gpu = grads::<Autodiff<B>>(&device());
     assert_eq!(cpu.len(), gpu.len());
     let mut worst = 0f64;
     for ((k, c), (k2, v)) in cpu.iter().zip(&gpu) {
@@ -89,12 +94,12 @@ fn qat_gradients_match_the_cpu() {
 }
 
 #[test]
-fn score_on_vulkan_matches_the_cpu() {
+fn score_on_the_device_matches_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let input = export_support::input_file(dir.path(), "ids.safetensors", true);
     let (base, adapter) = (fixture().join("base"), fixture().join("adapter"));
     let mut outputs = Vec::new();
-    for device in ["cpu", "vulkan"] {
+    for device in ["cpu", NAME] {
         let out = dir.path().join(format!("{device}.safetensors"));
         cli_support::ok(&cli_support::bin(&[
             "score",
@@ -161,7 +166,7 @@ fn worst_difference(gpu_bytes: &[u8], cpu_bytes: &[u8]) -> (String, f64) {
         .fold((String::new(), 0.0), |w, x| if x.1 > w.1 { x } else { w })
 }
 
-/// Two `train` steps on vulkan give the CPU's adapter. Plain LoRA: within 1e-3 relative per
+/// Two `train` steps on the device give the CPU's adapter. Plain LoRA: within 1e-3 relative per
 /// tensor (measured 4.9e-4; AdamW's first steps move each element by about `lr·sign(g)`, so an
 /// element whose gradient is at rounding level moves differently). QAT: within 2e-2 (measured
 /// 8.4e-3): after step 1 the factors differ in their last bits, which flips the MXFP4 code of
@@ -169,7 +174,7 @@ fn worst_difference(gpu_bytes: &[u8], cpu_bytes: &[u8]) -> (String, f64) {
 /// quantization step. Single-step gradients are checked at 1e-4 by `qat_gradients_match_the_cpu`;
 /// a wrong gradient gives differences of order 1 here.
 #[test]
-fn train_on_vulkan_matches_the_cpu() {
+fn train_on_the_device_matches_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     for (label, extra, tol) in [
         ("plain", &["--quant-cfg", "NONE"][..], 1e-3),
@@ -177,7 +182,7 @@ fn train_on_vulkan_matches_the_cpu() {
     ] {
         let base = dir.path().join(label);
         let cpu = trained(&base, "cpu", extra);
-        let gpu = trained(&base, "vulkan", extra);
+        let gpu = trained(&base, NAME, extra);
         let (name, err) = worst_difference(&gpu, &cpu);
         eprintln!("{label}: worst relative L2 {err:e} ({name})");
         assert!(err <= tol, "{label}: {name}: relative L2 {err}");

@@ -1,16 +1,19 @@
-//! The deployed-weight kernels on the `vulkan` backend (Mesa's lavapipe without a GPU) against the
-//! CPU's deployed weight (`kernels::deploy::deploy`, what `merge-export` writes): the MXFP4 codes,
-//! scale bytes and decoded values, and the bf16 values, bit for bit.
-#![cfg(feature = "vulkan")]
+//! The deployed-weight kernels on the device backend of the build (`device_support`: `vulkan`,
+//! Mesa's lavapipe without a GPU, or `cuda`) against the CPU's deployed weight
+//! (`kernels::deploy::deploy`, what `merge-export` writes): the MXFP4 codes, scale bytes and
+//! decoded values, and the bf16 values, bit for bit.
+#![cfg(any(feature = "vulkan", feature = "cuda"))]
+
+#[path = "device_support/mod.rs"]
+mod device_support;
 
 #[path = "ops_support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 
-use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
-use burn::backend::Vulkan;
 use burn::tensor::{Tensor, TensorData};
+use device_support::{device, B, R};
 use kernels::deploy::{deploy, Deployed, HostLora};
 use kernels::gpu::deploy::{bf16_on_device, mxfp4_on_device};
 use kernels::gpu::stacked::{deploy_stacked, stacked_base, ScaleLayout};
@@ -19,12 +22,6 @@ use kernels::ops::{
     quantized_weight, BaseWeight, GroupedLora, Lora, OwnedPacked, PackedWeight, Quantizer,
 };
 use support::Lcg;
-
-type B = Vulkan;
-
-fn device() -> WgpuDevice {
-    WgpuDevice::default()
-}
 
 fn tensor(values: &[f32], shape: [usize; 2]) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(values.to_vec(), shape), &device())
@@ -102,8 +99,7 @@ fn device_lora(c: &Case) -> Lora<B> {
 fn assert_mxfp4_identical(c: &Case) {
     let (blocks, scales, values) = cpu_mxfp4(c);
     let lora = (c.rank > 0).then(|| device_lora(c));
-    let gpu =
-        mxfp4_on_device::<WgpuRuntime, i32, u8>(&c.packed, lora.as_ref(), true, &device()).unwrap();
+    let gpu = mxfp4_on_device::<R, i32, u8>(&c.packed, lora.as_ref(), true, &device()).unwrap();
     let (gpu_blocks, gpu_scales) = gpu.bytes();
     assert_eq!(gpu_scales, scales, "scale bytes differ");
     let differing = blocks
@@ -143,7 +139,7 @@ fn zero_b_and_no_lora_keep_the_base() {
     c.rank = 0;
     assert_mxfp4_identical(&c);
     // decode only (no quantizer): the base values
-    let gpu = mxfp4_on_device::<WgpuRuntime, i32, u8>(&c.packed, None, false, &device()).unwrap();
+    let gpu = mxfp4_on_device::<R, i32, u8>(&c.packed, None, false, &device()).unwrap();
     let mut base = vec![0f32; 32 * 64];
     c.packed.dequantize_into(&mut base).unwrap();
     let wq: Tensor<B, 2> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(gpu.wq));
@@ -188,7 +184,7 @@ fn deploy_stacked_is_bit_identical_per_expert() {
         let (blocks, scales, _) = cpu_mxfp4(c);
         assert_eq!(deployed.bytes(e), (blocks, scales), "expert {e}");
     }
-    let base = stacked_base::<WgpuRuntime>(&bases, &device()).unwrap();
+    let base = stacked_base::<R>(&bases, &device()).unwrap();
     assert_eq!(base.layout, ScaleLayout::Packed);
     for (e, c) in cases.iter_mut().enumerate() {
         let (blocks, scales) = c.packed.packed_bytes().unwrap();
@@ -197,7 +193,7 @@ fn deploy_stacked_is_bit_identical_per_expert() {
         c.rank = 0;
         assert_mxfp4_identical(c);
     }
-    let plain = deploy_stacked::<WgpuRuntime, i32, u8>(&bases, None, &device()).unwrap();
+    let plain = deploy_stacked::<R, i32, u8>(&bases, None, &device()).unwrap();
     for (e, c) in cases.iter().enumerate() {
         let (blocks, scales, _) = cpu_mxfp4(c);
         assert_eq!(plain.bytes(e), (blocks, scales), "expert {e} without LoRA");
@@ -213,7 +209,7 @@ fn stacked_odd_blocks_and_bad_factors() {
         .map(|e| case([3, 64], 4, 0.5, 1.0, 30 + e))
         .collect();
     let bases: Vec<Arc<dyn PackedWeight>> = cases.iter().map(|c| c.packed.clone()).collect();
-    let base = stacked_base::<WgpuRuntime>(&bases, &device()).unwrap();
+    let base = stacked_base::<R>(&bases, &device()).unwrap();
     let deployed = deploy_stacked(&bases, Some(&grouped_lora(&cases)), &device()).unwrap();
     for (e, c) in cases.iter().enumerate() {
         let (blocks, scales) = c.packed.packed_bytes().unwrap();
@@ -234,8 +230,7 @@ fn non_finite_block_is_nan() {
     c.b = vec![f32::MAX, 0.0];
     c.a = vec![4.0; 64];
     let lora = device_lora(&c);
-    let gpu =
-        mxfp4_on_device::<WgpuRuntime, i32, u8>(&c.packed, Some(&lora), true, &device()).unwrap();
+    let gpu = mxfp4_on_device::<R, i32, u8>(&c.packed, Some(&lora), true, &device()).unwrap();
     let wq: Tensor<B, 2> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(gpu.wq));
     let values = host(wq);
     assert!(values[..64].iter().all(|v| v.is_nan()), "row 0 overflowed");

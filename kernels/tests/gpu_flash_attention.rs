@@ -1,32 +1,36 @@
-#![cfg(feature = "vulkan")]
-//! Flash attention's CubeCL kernels on burn's `Vulkan` backend (Mesa's lavapipe on a CPU-only
-//! machine) against the CPU op on `Flex`: the same cases as `ops_flash_attention.rs`. Tolerances:
-//! forward 2e-5 abs; gradients (through `Autodiff<Vulkan>`) 1e-4 relative to the largest CPU
-//! value. Run with `cargo test -p kernels --features vulkan --test gpu_flash_attention`.
+#![cfg(any(feature = "vulkan", feature = "cuda"))]
+//! Flash attention's CubeCL kernels on the device backend of the build (`device_support`: burn's
+//! `Vulkan`, Mesa's lavapipe on a CPU-only machine, or `Cuda`) against the CPU op on `Flex`: the
+//! same cases as `ops_flash_attention.rs`. Tolerances: forward 2e-5 abs; gradients (through
+//! `Autodiff<B>`) 1e-4 relative to the largest CPU value. Run with
+//! `cargo test -p kernels --features vulkan --test gpu_flash_attention` (or `--features cuda`).
 
+#[path = "device_support/mod.rs"]
+mod device_support;
 #[path = "flash_support/mod.rs"]
 mod flash_support;
 
-use burn::backend::{Flex, Vulkan};
+use burn::backend::Flex;
+use device_support::{device, B};
 use flash_support::{cases, forward, grads, max_abs, max_rel, wide};
 
 #[test]
-fn vulkan_forward_matches_the_cpu() {
-    let (cpu, gpu) = (Default::default(), Default::default());
+fn device_forward_matches_the_cpu() {
+    let (cpu, gpu) = (Default::default(), device());
     for c in cases() {
         let want = wide(&forward::<Flex>(&c, &cpu));
-        let err = max_abs(&forward::<Vulkan>(&c, &gpu), &want);
+        let err = max_abs(&forward::<B>(&c, &gpu), &want);
         eprintln!("{}: forward max abs {err:.2e}", c.name);
         assert!(err < 2e-5, "{}: forward max abs error {err}", c.name);
     }
 }
 
 #[test]
-fn vulkan_gradients_match_the_cpu() {
-    let (cpu, gpu) = (Default::default(), Default::default());
+fn device_gradients_match_the_cpu() {
+    let (cpu, gpu) = (Default::default(), device());
     for c in cases() {
         let want = grads::<Flex>(&c, &cpu);
-        let got = grads::<Vulkan>(&c, &gpu);
+        let got = grads::<B>(&c, &gpu);
         let err = max_abs(&got[0], &wide(&want[0]));
         assert!(
             err < 2e-5,

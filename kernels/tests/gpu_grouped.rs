@@ -1,19 +1,24 @@
-//! The grouped expert linear on the `vulkan` backend (Mesa's lavapipe without a GPU) against the
-//! CPU (`Flex`, per expert on host offsets): forward with the frozen bias, and the gradients of
-//! `x`, `A`, `B` under `Autodiff`, for MXFP4 QAT and plain LoRA, with host offsets and with the
-//! offsets the device routing makes (never read back), with empty experts.
+//! The grouped expert linear on the device backend of the build (`device_support`: `vulkan`,
+//! Mesa's lavapipe without a GPU, or `cuda`) against the CPU (`Flex`, per expert on host
+//! offsets): forward with the frozen bias, and the gradients of `x`, `A`, `B` under `Autodiff`,
+//! for MXFP4 QAT and plain LoRA, with host offsets and with the offsets the device routing makes
+//! (never read back), with empty experts.
 //! Tolerance: rel L2 ≤ 1e-5 (forward) and ≤ 1e-4 (gradients): f32 sums in another order; for
 //! QAT the deployed weights themselves are bit-identical (`gpu_deploy.rs`).
-#![cfg(feature = "vulkan")]
+#![cfg(any(feature = "vulkan", feature = "cuda"))]
+
+#[path = "device_support/mod.rs"]
+mod device_support;
 
 #[path = "ops_support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 
-use burn::backend::{Autodiff, Flex, Vulkan};
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use device_support::{B as Gpu, NAME};
 use kernels::ops::{
     grouped_lora_linear_frozen_bias, BaseWeight, ExpertOffsets, GroupedLora, OwnedPacked,
     PackedWeight, Quantizer, RoutingBackend,
@@ -137,18 +142,18 @@ fn grouped_linear_matches_the_cpu() {
         let p = Problem::new(counts, 7 + k as u64);
         for quant in [Quantizer::Mxfp4, Quantizer::None] {
             let want = p.run::<Flex>(quant, |_| ExpertOffsets::Host(p.offsets.clone()));
-            let host = p.run::<Vulkan>(quant, |_| ExpertOffsets::Host(p.offsets.clone()));
-            let device = p.run::<Vulkan>(quant, |dev| {
-                let inner = routed::<Vulkan>(counts, dev);
+            let host = p.run::<Gpu>(quant, |_| ExpertOffsets::Host(p.offsets.clone()));
+            let device = p.run::<Gpu>(quant, |dev| {
+                let inner = routed::<Gpu>(counts, dev);
                 match inner {
                     ExpertOffsets::Device { offsets, rows } => ExpertOffsets::Device {
                         offsets: Tensor::from_inner(offsets),
                         rows,
                     },
-                    ExpertOffsets::Host(_) => panic!("the vulkan backend routed on the host"),
+                    ExpertOffsets::Host(_) => panic!("the {NAME} backend routed on the host"),
                 }
             });
-            let uploaded = p.run::<Vulkan>(quant, |dev| ExpertOffsets::Device {
+            let uploaded = p.run::<Gpu>(quant, |dev| ExpertOffsets::Device {
                 offsets: offsets_tensor(&p.offsets, dev),
                 rows: p.n(),
             });

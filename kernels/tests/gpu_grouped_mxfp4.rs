@@ -1,34 +1,35 @@
-//! The grouped MXFP4 expert matmul (`kernels::gpu::grouped_mxfp4`) on the `vulkan` backend
-//! (Mesa's lavapipe without a GPU) against the CPU: each expert's packed bytes decoded by the
-//! CPU codec (`kernels::mxfp4::dequantize`) and both products (`x·W_eᵀ`, `dy·W_e`) summed in f64.
-//! Every case runs on both stacked layouts: the frozen base (`stacked_base`, scale bytes packed
-//! 4 per word) and the deployed weights (`deploy_stacked` with a zero LoRA, one scale word per
-//! block, whose read-back bytes are the reference), with i32 offsets (burn's Int dtype).
+//! The grouped MXFP4 expert matmul (`kernels::gpu::grouped_mxfp4`) on the device backend of the
+//! build (`device_support`: `vulkan`, Mesa's lavapipe without a GPU, or `cuda`) against the CPU:
+//! each expert's packed bytes decoded by the CPU codec (`kernels::mxfp4::dequantize`) and both
+//! products (`x·W_eᵀ`, `dy·W_e`) summed in f64. Every case runs on both stacked layouts: the
+//! frozen base (`stacked_base`, scale bytes packed 4 per word) and the deployed weights
+//! (`deploy_stacked` with a zero LoRA, one scale word per block, whose read-back bytes are the
+//! reference), with i32 offsets (burn's Int dtype).
 //!
 //! Tolerance: max |gpu − ref| ≤ 1e-5 · (1 + max |ref|) (f32 sums of at most 256 terms). The
 //! decode itself is checked exactly with one-hot rows: every nibble under the scale bytes
 //! 0..=252 (0 and 1 give subnormals, exact where the device keeps f32 denormals, as lavapipe
 //! does), and the nibbles 0, ±0.5 under 253..=255 (larger values are ±Inf there, which a
 //! one-hot product turns into NaN).
-#![cfg(feature = "vulkan")]
+#![cfg(any(feature = "vulkan", feature = "cuda"))]
+
+#[path = "device_support/mod.rs"]
+mod device_support;
 
 #[path = "ops_support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 
-use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
-use burn::backend::Vulkan;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::Runtime;
+use device_support::{device, B, R};
 use kernels::gpu::grouped_mxfp4::grouped_mxfp4_matmul;
 use kernels::gpu::stacked::{deploy_stacked, stacked_base, ScaleLayout, StackedMxfp4};
 use kernels::mxfp4::{self, CodecError};
 use kernels::ops::{GroupedLora, OwnedPacked, PackedWeight};
 use support::Lcg;
-
-type R = WgpuRuntime;
 
 /// Stacked experts on the device and their weights (`[out, in]` each) decoded by the CPU.
 struct Experts {
@@ -36,10 +37,6 @@ struct Experts {
     inp: usize,
     w: Vec<Vec<f32>>,
     stack: StackedMxfp4<R>,
-}
-
-fn device() -> WgpuDevice {
-    WgpuDevice::default()
 }
 
 /// The packed experts `[out, in]` of nibbles drawn from `nibbles` and scale bytes from
@@ -73,7 +70,7 @@ fn packed(
 }
 
 /// A zero LoRA of rank 2 (random A, B = 0) for `E` experts `[out, in]`.
-fn zero_lora(e: usize, [out, inp]: [usize; 2]) -> GroupedLora<Vulkan> {
+fn zero_lora(e: usize, [out, inp]: [usize; 2]) -> GroupedLora<B> {
     let a = Lcg::new(9).uniform(e * 2 * inp);
     GroupedLora {
         a: Tensor::from_data(TensorData::new(a, [e * 2, inp]), &device()),
@@ -278,7 +275,7 @@ fn nan_block_reaches_the_product() {
     // expert 1: B[0, :] = MAX, A = 4: row 0 of W_1 overflows
     let mut b = vec![0f32; out * e];
     b[1] = f32::MAX;
-    let lora = GroupedLora::<Vulkan> {
+    let lora = GroupedLora::<B> {
         a: Tensor::from_data(TensorData::new(vec![4f32; e * inp], [e, inp]), &device()),
         b: Tensor::from_data(TensorData::new(b, [out, e]), &device()),
         scale: 1.0,

@@ -1,24 +1,22 @@
-//! The routing kernels on the `vulkan` backend (Mesa's lavapipe without a GPU) against the host
-//! references (`kernels::ops::routing`): the top-k choices and the grouping by expert must be
-//! equal, entry for entry, including ties, signed zeros and experts that get no token; the
-//! device flag must be set by a NaN/Inf logit or an expert id out of range, and only then.
-#![cfg(feature = "vulkan")]
+//! The routing kernels on the device backend of the build (`device_support`: `vulkan`, Mesa's
+//! lavapipe without a GPU, or `cuda`) against the host references (`kernels::ops::routing`): the
+//! top-k choices and the grouping by expert must be equal, entry for entry, including ties,
+//! signed zeros and experts that get no token; the device flag must be set by a NaN/Inf logit or
+//! an expert id out of range, and only then.
+#![cfg(any(feature = "vulkan", feature = "cuda"))]
 
-use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
+#[path = "device_support/mod.rs"]
+mod device_support;
+
 use burn::tensor::{DType, Shape};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::Runtime;
+use device_support::{device, R};
 use kernels::gpu::routing::{
     check_flag, group_by_expert_on_device, routing_flag, top_k_on_device, EXPERT_OUT_OF_RANGE,
     NON_FINITE_LOGIT,
 };
 use kernels::ops::routing::{group_by_expert, top_k_rows, Grouping, RoutingError};
-
-type R = WgpuRuntime;
-
-fn device() -> WgpuDevice {
-    WgpuDevice::default()
-}
 
 /// A small deterministic generator (64-bit LCG, high bits).
 struct Rng(u64);
