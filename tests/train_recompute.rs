@@ -50,8 +50,8 @@ fn check(quant: QuantMode) {
         path: GradPath::CustomOp,
     };
     let b = batches();
-    let full = step_grads(&model, &b, mode, false, &dev).unwrap();
-    let ckpt = step_grads(&model, &b, mode, true, &dev).unwrap();
+    let full = step_grads(&model, &b, mode, false).unwrap();
+    let ckpt = step_grads(&model, &b, mode, true).unwrap();
     assert_eq!(full.counted, ckpt.counted);
     let rel = ((full.loss - ckpt.loss) / full.loss).abs();
     assert!(

@@ -102,7 +102,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         quant,
         inputs: &inputs,
     };
-    let scored = device::dispatch(args.device, job)?;
+    let scored = device::dispatch(&device::DeviceSet::one(args.device), job)?;
     write_outputs(&args.out, &scored)?;
     let examples = inputs
         .positions
@@ -140,11 +140,12 @@ struct ScoreJob<'a> {
 impl Job for ScoreJob<'_> {
     type Output = Scored;
 
-    fn run<B>(self, device: &B::Device) -> anyhow::Result<Scored>
+    fn run<B>(self, devices: &[B::Device]) -> anyhow::Result<Scored>
     where
         B: AutodiffBackend + LoraLinearBackend,
         B::InnerBackend: LoraLinearBackend,
     {
+        let device = &devices[0];
         score_on::<B::InnerBackend>(device, self.ckpt, self.adapter, self.quant, self.inputs)
     }
 }

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde_json::Value;
 
+use crate::plan::DeviceKind;
 use crate::train::config::TrainConfig;
-use crate::train::setup::setup;
+use crate::train::setup::{setup, Layout};
 use crate::train::trainer;
 
 /// Declares the flags that map one-to-one onto recipe keys.
@@ -27,10 +28,16 @@ macro_rules! flags {
             /// Eval data (repeatable) instead of a split of the training data.
             #[arg(long = "eval-data", visible_alias = "eval_data")]
             pub eval_data: Vec<String>,
-            /// Compute device: `cpu`, `cuda[:N]` (builds with the `cuda` feature) or `vulkan`
-            /// (builds with the `vulkan` feature; Mesa's lavapipe runs it on a CPU).
+            /// Compute device(s): `cpu`, `cuda[:N]` (builds with the `cuda` feature) or `vulkan`
+            /// (builds with the `vulkan` feature; Mesa's lavapipe runs it on a CPU); several for
+            /// data parallelism and layer placement: `cuda:0-7`, `cuda:0,cuda:2`, or CPU peers
+            /// `cpu:0-1` (all on the host).
             #[arg(long, default_value = "cpu")]
-            pub device: crate::device::DeviceChoice,
+            pub device: crate::device::DeviceSet,
+            /// Devices per replica: each replica's layers are split over this many devices
+            /// (layer placement); the devices are cut into replicas (data parallel) of this size.
+            #[arg(long = "pipeline-stages", visible_alias = "pipeline_stages", default_value_t = 1)]
+            pub pipeline_stages: usize,
             $(
                 $(#[doc = $doc])*
                 #[arg(long = $long $(, visible_alias = $alias)*, num_args = 0..=1, default_missing_value = "true")]
@@ -175,9 +182,18 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
 /// Runs `lora-qat train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = config(args)?;
-    let s = setup(cfg)?;
-    log_plan(&s, args.device);
-    let outcome = crate::device::dispatch(args.device, TrainJob(s))?;
+    let layout = Layout {
+        devices: args.device.len(),
+        stages: args.pipeline_stages,
+        kind: if args.device.is_cpu() {
+            DeviceKind::Cpu
+        } else {
+            DeviceKind::Gpu
+        },
+    };
+    let s = setup(cfg, layout)?;
+    log_plan(&s, &args.device);
+    let outcome = crate::device::dispatch(&args.device, TrainJob(s))?;
     let last = outcome
         .state
         .log_history
@@ -201,10 +217,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 /// Logs the memory plan of this run (`lora-qat plan`) on the CPU against the host's memory, with a
 /// warning when it does not fit (packed experts are memory-mapped there, so the figure is an upper
 /// bound of what must stay resident). A device's capacity is not read: the log says how to plan.
-fn log_plan(s: &crate::train::setup::Setup, device: crate::device::DeviceChoice) {
-    use crate::plan::{plan, DeviceKind, Devices, PlanOptions};
-    let Some(bytes_each) = host_memory().filter(|_| device == crate::device::DeviceChoice::Cpu)
-    else {
+fn log_plan(s: &crate::train::setup::Setup, device: &crate::device::DeviceSet) {
+    use crate::plan::{plan, Devices, PlanOptions};
+    let Some(bytes_each) = host_memory().filter(|_| device.is_cpu()) else {
         tracing::info!(
             "memory per device: `lora-qat plan --base BASE --devices NxSIZE --seq {}`",
             s.cfg.max_length
@@ -239,11 +254,11 @@ struct TrainJob(crate::train::setup::Setup);
 impl crate::device::Job for TrainJob {
     type Output = trainer::Outcome;
 
-    fn run<B>(self, device: &B::Device) -> Result<trainer::Outcome>
+    fn run<B>(self, devices: &[B::Device]) -> Result<trainer::Outcome>
     where
         B: burn::tensor::backend::AutodiffBackend + kernels::ops::LoraLinearBackend,
         B::InnerBackend: kernels::ops::LoraLinearBackend,
     {
-        trainer::run::<B>(self.0, device)
+        trainer::run::<B>(self.0, devices)
     }
 }

@@ -8,11 +8,15 @@ mod enabled {
 
     use super::super::{probe, Job};
 
-    /// Runs `job` on CUDA device `n`, after checking it answers.
-    pub fn run<J: Job>(n: usize, job: J) -> Result<J::Output> {
-        let device = CudaDevice::new(n);
-        probe::<Cuda>(&format!("cuda:{n}"), &device)?;
-        job.run::<Autodiff<Cuda>>(&device)
+    /// Runs `job` on CUDA devices `ids`, after checking each answers.
+    pub fn run<J: Job>(ids: &[usize], job: J) -> Result<J::Output> {
+        let mut devices = Vec::with_capacity(ids.len());
+        for &n in ids {
+            let device = CudaDevice::new(n);
+            probe::<Cuda>(&format!("cuda:{n}"), &device)?;
+            devices.push(device);
+        }
+        job.run::<Autodiff<Cuda>>(&devices)
     }
 }
 
@@ -23,10 +27,11 @@ mod enabled {
     use super::super::Job;
 
     /// This build has no CUDA backend.
-    pub fn run<J: Job>(n: usize, _: J) -> Result<J::Output> {
+    pub fn run<J: Job>(ids: &[usize], _: J) -> Result<J::Output> {
         bail!(
-            "--device cuda:{n} needs a build with the `cuda` feature \
-             (cargo build --release --features cuda)"
+            "--device cuda:{} needs a build with the `cuda` feature \
+             (cargo build --release --features cuda)",
+            ids.first().copied().unwrap_or(0)
         )
     }
 }

@@ -1,9 +1,13 @@
-//! The compute device of `train` and `score` (`--device cpu|cuda[:N]|vulkan`) and the dispatch of
-//! a job, generic over the backend, onto the backend of that device. A backend that is not
-//! compiled in, or a device that does not exist, is a clear error before any work.
+//! The compute device of `train` and `score` (`--device cpu|cuda[:N]|vulkan`, and for `train`
+//! lists such as `cuda:0-7`) and the dispatch of a job, generic over the backend, onto the
+//! backend of those devices. A backend that is not compiled in, or a device that does not exist,
+//! is a clear error before any work.
 
 mod cuda;
+mod set;
 mod vulkan;
+
+pub use set::DeviceSet;
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,20 +60,33 @@ impl fmt::Display for DeviceChoice {
 pub trait Job {
     /// What the job returns.
     type Output;
-    /// Runs on backend `B` (`B::InnerBackend` for training jobs is a lora-qat backend too).
-    fn run<B>(self, device: &B::Device) -> Result<Self::Output>
+    /// Runs on backend `B` with `devices` (one or more, in rank order; `B::InnerBackend` for
+    /// training jobs is a lora-qat backend too).
+    fn run<B>(self, devices: &[B::Device]) -> Result<Self::Output>
     where
         B: AutodiffBackend + LoraLinearBackend,
         B::InnerBackend: LoraLinearBackend;
 }
 
-/// Runs `job` on `choice`: the CPU, or the device backend (checked to exist first).
-pub fn dispatch<J: Job>(choice: DeviceChoice, job: J) -> Result<J::Output> {
-    match choice {
+/// Runs `job` on `set`: the CPU (every peer on the host), or the device backend (each device
+/// checked to exist first).
+pub fn dispatch<J: Job>(set: &DeviceSet, job: J) -> Result<J::Output> {
+    match set.first() {
         DeviceChoice::Cpu => {
-            job.run::<burn::backend::Autodiff<burn::backend::Flex>>(&Default::default())
+            let devices = vec![Default::default(); set.len()];
+            job.run::<burn::backend::Autodiff<burn::backend::Flex>>(&devices)
         }
-        DeviceChoice::Cuda(n) => cuda::run(n, job),
+        DeviceChoice::Cuda(_) => {
+            let ids: Vec<usize> = set
+                .devices()
+                .iter()
+                .filter_map(|d| match d {
+                    DeviceChoice::Cuda(n) => Some(*n),
+                    _ => None,
+                })
+                .collect();
+            cuda::run(&ids, job)
+        }
         DeviceChoice::Vulkan => vulkan::run(job),
     }
 }

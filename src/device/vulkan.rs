@@ -13,7 +13,7 @@ mod enabled {
     pub fn run<J: Job>(job: J) -> Result<J::Output> {
         let device = WgpuDevice::default();
         probe::<Vulkan>("vulkan", &device)?;
-        job.run::<Autodiff<Vulkan>>(&device)
+        job.run::<Autodiff<Vulkan>>(&[device])
     }
 }
 

@@ -11,6 +11,7 @@ use super::layer::DecoderLayer;
 use super::lora::LoraPair;
 use super::loss::{causal_lm_loss, counted_rows_loss, counted_targets, LossOutput};
 use super::mode::ForwardMode;
+use super::placement::{moved, RopeByDevice};
 use super::positions::PositionIds;
 use super::rms_norm::RmsNorm;
 use super::rope::{RopeTables, YarnParams};
@@ -49,6 +50,27 @@ pub struct CausalLmOutput<B: Backend> {
 }
 
 impl<B: Backend> GptOssForCausalLM<B> {
+    /// The device of `embed_tokens` (where token ids go).
+    pub fn embed_device(&self) -> B::Device {
+        self.model.embed_tokens.weight.device()
+    }
+
+    /// The device of the final norm, `lm_head` and the loss.
+    pub fn head_device(&self) -> B::Device {
+        self.lm_head.weight.device()
+    }
+
+    /// The distinct devices of the decoder layers, in layer order.
+    pub fn layer_devices(&self) -> Vec<B::Device> {
+        let mut out: Vec<B::Device> = Vec::new();
+        for d in self.model.layers.iter().map(DecoderLayer::device) {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.lm_head.weight.dims()[0]
@@ -201,16 +223,19 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
             positions.batch(),
             positions.seq()
         );
-        let device = ids.device();
         let m = &self.model;
-        let rope = self.rope_tables(positions, &device);
-        let mut x = m.embed_tokens.forward(ids);
+        let mut rope = RopeByDevice::new(&m.rope, m.head_dim, positions);
+        let mut x = m.embed_tokens.forward(moved(ids, &self.embed_device()));
         for layer in &m.layers {
-            x = layer.forward(x, &rope, positions, mode)?;
+            let device = layer.device();
+            x = moved(x, &device);
+            x = layer.forward(x, rope.on(&device), positions, mode)?;
         }
-        // what device routing flagged in any layer (one read for the whole pass)
-        B::routing_errors(&device)?;
-        Ok(m.norm.forward(x))
+        // what device routing flagged in any layer (one read per device for the whole pass)
+        for device in self.layer_devices() {
+            B::routing_errors(&device)?;
+        }
+        Ok(m.norm.forward(moved(x, &self.head_device())))
     }
 
     /// Logits and the mean causal-LM loss against `labels` (`[batch · seq]` row-major, -100 ignored,

@@ -28,6 +28,13 @@ pub struct DecoderLayer<B: Backend> {
     pub index: usize,
 }
 
+impl<B: Backend> DecoderLayer<B> {
+    /// The device holding this layer.
+    pub fn device(&self) -> B::Device {
+        self.input_layernorm.weight.device()
+    }
+}
+
 impl<B: LoraLinearBackend> DecoderLayer<B> {
     /// `[batch, seq, hidden] -> [batch, seq, hidden]` at `positions` (`rope` holds their tables).
     pub fn forward(

@@ -21,6 +21,7 @@ use super::lora::LoraPair;
 use super::mask::AttentionPattern;
 use super::mlp::Mlp;
 use super::packed::CheckpointExpert;
+use super::placement::LayerPlacement;
 use super::rms_norm::RmsNorm;
 use super::rope::YarnParams;
 use super::router::Router;
@@ -120,9 +121,20 @@ impl<B: Backend> GptOssForCausalLM<B> {
     /// The base model of `ckpt` on `device`: attention, router, norms, embedding and head as frozen
     /// f32 tensors (bf16 values); experts stay packed in the checkpoint's memory map.
     pub fn from_checkpoint(ckpt: Arc<Checkpoint>, device: &B::Device) -> anyhow::Result<Self> {
+        let layers = ckpt.config().num_hidden_layers;
+        Self::from_checkpoint_placed(ckpt, &LayerPlacement::single(device, layers))
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint) with each part on the device `placement` gives
+    /// it (layer placement over several devices).
+    pub fn from_checkpoint_placed(
+        ckpt: Arc<Checkpoint>,
+        placement: &LayerPlacement<B::Device>,
+    ) -> anyhow::Result<Self> {
         let c = ckpt.config().clone();
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
+            let device = placement.layer(l);
             let experts = Experts {
                 gate_up_proj: expert_projection(&ckpt, l, ExpertProj::GateUp, device)?,
                 down_proj: expert_projection(&ckpt, l, ExpertProj::Down, device)?,
@@ -148,15 +160,16 @@ impl<B: Backend> GptOssForCausalLM<B> {
                 index: l,
             });
         }
+        let (embed, head) = (placement.embed(), placement.head());
         Ok(Self {
             model: GptOssModel {
-                embed_tokens: Embedding::new(dense(&ckpt, names::EMBED_TOKENS, device)?),
+                embed_tokens: Embedding::new(dense(&ckpt, names::EMBED_TOKENS, embed)?),
                 layers,
-                norm: RmsNorm::new(dense(&ckpt, names::FINAL_NORM, device)?, c.rms_norm_eps),
+                norm: RmsNorm::new(dense(&ckpt, names::FINAL_NORM, head)?, c.rms_norm_eps),
                 rope: yarn_params(&c),
                 head_dim: c.head_dim,
             },
-            lm_head: LmHead::new(dense(&ckpt, names::LM_HEAD, device)?),
+            lm_head: LmHead::new(dense(&ckpt, names::LM_HEAD, head)?),
         })
     }
 
@@ -171,12 +184,12 @@ impl<B: Backend> GptOssForCausalLM<B> {
         adapter
             .validate(&base_dims(config))
             .with_context(|| format!("adapter {source} does not match the base model"))?;
-        let device = self.lm_head.weight.device();
-        let tensor = |values: &[f32], shape: [usize; 2]| {
-            Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), shape), &device)
-        };
         let prefix = |key: String| key.trim_end_matches(".lora_A.weight").to_string();
         for (l, layer) in self.model.layers.iter_mut().enumerate() {
+            let device = layer.device();
+            let tensor = |values: &[f32], shape: [usize; 2]| {
+                Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), shape), &device)
+            };
             let attn = &mut layer.self_attn;
             for (proj, module) in [
                 (AttnProj::Q, &mut attn.q_proj),

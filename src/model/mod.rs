@@ -25,6 +25,7 @@ pub mod mask;
 pub mod mlp;
 pub mod mode;
 pub mod packed;
+pub mod placement;
 pub mod positions;
 pub mod rms_norm;
 pub mod rope;
@@ -35,6 +36,7 @@ pub mod swiglu;
 pub use causal_lm::{CausalLmOutput, GptOssForCausalLM, GptOssModel};
 pub use loss::{causal_lm_loss, LossOutput, IGNORE_INDEX};
 pub use mode::{ForwardMode, GradPath, QuantMode};
+pub use placement::LayerPlacement;
 pub use positions::PositionIds;
 
 use burn::module::{Param, ParamId};

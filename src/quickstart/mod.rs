@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::checkpoint::GptOssConfig;
 use crate::export::{merge_export, verify, ExportOptions, VerifyReport};
 use crate::train::config::TrainConfig;
-use crate::train::{setup::setup, trainer};
+use crate::train::setup::{setup, Layout};
+use crate::train::trainer;
 
 const CONFIG: &str = include_str!("../../assets/quickstart/config.json");
 const RECIPE: &str = include_str!("../../configs/quickstart.yaml");
@@ -131,8 +132,8 @@ pub fn run(opts: &Options) -> Result<Summary> {
     }
     cfg.data = vec![sample.display().to_string()];
     let outcome = trainer::run::<burn::backend::Autodiff<burn::backend::Flex>>(
-        setup(cfg)?,
-        &Default::default(),
+        setup(cfg, Layout::cpu())?,
+        &[Default::default()],
     )?;
 
     merge_export(

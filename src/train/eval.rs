@@ -18,7 +18,6 @@ pub fn eval_loss<B: LoraLinearBackend>(
     batch_size: usize,
     pad_id: u32,
     quant: QuantMode,
-    device: &B::Device,
 ) -> Result<f64> {
     let mode = ForwardMode {
         quant,
@@ -33,9 +32,7 @@ pub fn eval_loss<B: LoraLinearBackend>(
         if n == 0 {
             continue;
         }
-        let loss: f64 = batch_loss(model, &batch, mode, device)?
-            .into_scalar()
-            .elem();
+        let loss: f64 = batch_loss(model, &batch, mode)?.into_scalar().elem();
         sum += loss * n as f64;
         count += n;
     }

@@ -7,6 +7,7 @@ pub mod clip;
 pub mod config;
 pub mod eval;
 pub mod optim;
+pub mod parallel;
 pub mod provenance;
 pub mod recompute;
 pub mod report;

@@ -15,6 +15,7 @@ use kernels::ops::{default_chunk_rows, LoraLinearBackend, RoutingBackend};
 
 use super::batch::Batch;
 use crate::model::loss::{counted_rows_loss, counted_targets};
+use crate::model::placement::{moved, RopeByDevice};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
 /// A micro-batch's loss value and its LoRA gradients (`(PEFT key, gradient)`), scaled by
@@ -28,14 +29,13 @@ pub type BatchGrads<B> = (
 );
 
 /// [`BatchGrads`] of `batch` with per-layer recomputation; `frozen` is `model.valid()` (the same
-/// weights on the inner backend).
+/// weights on the inner backend). Works across layer placement: each layer on its own device.
 pub fn checkpointed_grads<B>(
     model: &GptOssForCausalLM<B>,
     frozen: &GptOssForCausalLM<B::InnerBackend>,
     batch: &Batch,
     weight: f64,
     mode: ForwardMode,
-    device: &B::Device,
 ) -> Result<BatchGrads<B>>
 where
     B: AutodiffBackend + LoraLinearBackend,
@@ -44,22 +44,26 @@ where
     let (b, s) = (batch.batch, batch.seq);
     let positions = PositionIds::from_i64(&batch.positions, b, s)?;
     let (rows, targets) = counted_targets(&batch.labels, b, s, model.vocab_size())?;
-    let ids = frozen.input_ids(&batch.ids, b, s, device)?;
+    let ids = frozen.input_ids(&batch.ids, b, s, &frozen.embed_device())?;
 
-    // forward without a graph, keeping each layer's input
-    let rope = frozen.rope_tables(&positions, device);
+    // forward without a graph, keeping each layer's input (on the layer's device)
+    let mut rope = RopeByDevice::new(&frozen.model.rope, frozen.model.head_dim, &positions);
     let mut x = frozen.model.embed_tokens.forward(ids);
     let mut inputs = Vec::with_capacity(frozen.model.layers.len());
     for layer in &frozen.model.layers {
+        let on = layer.device();
+        x = moved(x, &on);
         inputs.push(x.clone());
-        x = layer.forward(x, &rope, &positions, mode)?;
+        x = layer.forward(x, rope.on(&on), &positions, mode)?;
     }
     drop(rope);
-    // what device routing flagged in any layer (one read for the whole pass)
-    <B::InnerBackend as RoutingBackend>::routing_errors(device)?;
+    // what device routing flagged in any layer (one read per device for the whole pass)
+    for on in frozen.layer_devices() {
+        <B::InnerBackend as RoutingBackend>::routing_errors(&on)?;
+    }
 
     // the head: final norm and the chunked loss, differentiated from the last hidden state
-    let top = Tensor::<B, 3>::from_inner(x).require_grad();
+    let top = Tensor::<B, 3>::from_inner(moved(x, &frozen.head_device())).require_grad();
     let hidden = model.model.norm.forward(top.clone());
     let chunk = default_chunk_rows(model.vocab_size());
     let loss = counted_rows_loss(hidden, model.lm_head.weight.val(), rows, &targets, chunk)?.loss;
@@ -70,13 +74,16 @@ where
         .context("no gradient reached the last hidden state")?;
     drop(g);
 
-    // each layer again, from the top, under autodiff
-    let rope = model.rope_tables(&positions, device);
+    // each layer again, from the top, under autodiff (the gradient moves back across devices)
+    let mut rope = RopeByDevice::new(&model.model.rope, model.model.head_dim, &positions);
     let mut grads = Vec::new();
     for (layer, input) in model.model.layers.iter().zip(inputs).rev() {
+        let on = layer.device();
         let x = Tensor::<B, 3>::from_inner(input).require_grad();
-        let out = layer.forward(x.clone(), &rope, &positions, mode)?;
-        let g = (out * Tensor::from_inner(upstream)).sum().backward();
+        let out = layer.forward(x.clone(), rope.on(&on), &positions, mode)?;
+        let g = (out * Tensor::from_inner(moved(upstream, &on)))
+            .sum()
+            .backward();
         let mut layer_grads = layer.lora_grads(&g);
         layer_grads.append(&mut grads);
         grads = layer_grads;

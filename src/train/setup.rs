@@ -8,14 +8,55 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use super::config::TrainConfig;
+use super::parallel::stage_ranges;
 use super::state;
 use super::targets::{self, Module};
 use crate::checkpoint::{resolve_model, Checkpoint};
 use crate::data::{load_encoder, prepare, DataOptions, Prepared, RenderOptions};
 use crate::model::load::base_dims;
 
+/// How the run uses its devices: `devices` in rank order, cut into replicas (data parallel) of
+/// `stages` devices each (layer placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Devices (CPU peers or GPUs).
+    pub devices: usize,
+    /// Pipeline stages per replica.
+    pub stages: usize,
+    /// GPU or CPU (how experts are deployed, for the layer split).
+    pub kind: crate::plan::DeviceKind,
+}
+
+impl Layout {
+    /// One CPU device.
+    pub fn cpu() -> Self {
+        Self {
+            devices: 1,
+            stages: 1,
+            kind: crate::plan::DeviceKind::Cpu,
+        }
+    }
+
+    /// Data-parallel replicas (`devices / stages`), checked to divide.
+    pub fn replicas(&self) -> Result<usize> {
+        if self.stages == 0 || self.devices == 0 || !self.devices.is_multiple_of(self.stages) {
+            bail!(
+                "{} devices cannot be cut into pipelines of {} stages (--pipeline-stages must \
+                 divide the number of devices)",
+                self.devices,
+                self.stages
+            );
+        }
+        Ok(self.devices / self.stages)
+    }
+}
+
 /// A run ready to start.
 pub struct Setup {
+    /// Devices, replicas and stages.
+    pub layout: Layout,
+    /// The decoder layers of each pipeline stage (one range without layer placement).
+    pub stages: Vec<std::ops::Range<usize>>,
     pub cfg: TrainConfig,
     pub ckpt: Arc<Checkpoint>,
     pub data: Prepared,
@@ -38,8 +79,9 @@ pub struct Setup {
 const DEFAULT_EVAL_SPLIT: f64 = 0.1;
 
 /// Resolves a configuration into a runnable setup.
-pub fn setup(cfg: TrainConfig) -> Result<Setup> {
+pub fn setup(cfg: TrainConfig, layout: Layout) -> Result<Setup> {
     cfg.validate()?;
+    let replicas = layout.replicas()?;
     let base = cfg
         .model_name_or_path
         .clone()
@@ -71,6 +113,7 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
     let ckpt = Arc::new(Checkpoint::open(&dir)?);
     let config = ckpt.config().clone();
     let dims = base_dims(&config);
+    let stages = stage_ranges(&cfg, &config, layout.stages, layout.kind)?;
 
     // data, exactly as `prepare` sees it
     let render = RenderOptions {
@@ -121,7 +164,8 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
     let adapter_config = initial.config().clone();
 
     let micro = data.train.len().div_ceil(cfg.per_device_train_batch_size);
-    let steps_per_epoch = (micro / cfg.gradient_accumulation_steps).max(1);
+    // every replica takes `gradient_accumulation_steps` micro-batches per step
+    let steps_per_epoch = (micro / (cfg.gradient_accumulation_steps * replicas)).max(1);
     let total_steps = match cfg.max_steps {
         Some(n) => n,
         None => ((cfg.num_train_epochs * steps_per_epoch as f64).ceil() as usize).max(1),
@@ -139,6 +183,8 @@ pub fn setup(cfg: TrainConfig) -> Result<Setup> {
     }
     let provenance = super::provenance::provenance(&cfg, &ckpt, &data)?;
     Ok(Setup {
+        layout,
+        stages,
         cfg,
         ckpt,
         data,

@@ -32,9 +32,8 @@ pub fn batch_loss<B: LoraLinearBackend>(
     model: &GptOssForCausalLM<B>,
     batch: &Batch,
     mode: ForwardMode,
-    device: &B::Device,
 ) -> Result<burn::tensor::Tensor<B, 1>> {
-    let ids = model.input_ids(&batch.ids, batch.batch, batch.seq, device)?;
+    let ids = model.input_ids(&batch.ids, batch.batch, batch.seq, &model.embed_device())?;
     let positions = PositionIds::from_i64(&batch.positions, batch.batch, batch.seq)?;
     Ok(model.loss_at(ids, &positions, &batch.labels, mode)?.loss)
 }
@@ -45,12 +44,11 @@ fn full_graph_grads<B>(
     batch: &Batch,
     weight: f64,
     mode: ForwardMode,
-    device: &B::Device,
 ) -> Result<BatchGrads<B>>
 where
     B: AutodiffBackend + LoraLinearBackend,
 {
-    let loss = batch_loss(model, batch, mode, device)?;
+    let loss = batch_loss(model, batch, mode)?;
     let value: f64 = loss.clone().into_scalar().elem();
     let g = loss.mul_scalar(weight).backward();
     Ok((value, model.lora_grads(&g)))
@@ -63,24 +61,44 @@ pub fn step_grads<B>(
     batches: &[Batch],
     mode: ForwardMode,
     checkpointing: bool,
-    device: &B::Device,
 ) -> Result<StepGrads>
 where
     B: AutodiffBackend + LoraLinearBackend,
     B::InnerBackend: LoraLinearBackend,
 {
     let total: usize = batches.iter().map(Batch::counted).sum();
+    let all: Vec<&Batch> = batches.iter().collect();
+    share_grads(model, &all, total, mode, checkpointing)
+}
+
+/// One replica's share of a step: [`step_grads`] over `batches`, each weighted by its counted
+/// tokens over `total`, the counted tokens of the whole step (every replica's batches), so that
+/// the replicas' sums add up to the step's gradient. `loss` is this share's part of the step's
+/// mean loss and `counted` its counted tokens.
+pub fn share_grads<B>(
+    model: &GptOssForCausalLM<B>,
+    batches: &[&Batch],
+    total: usize,
+    mode: ForwardMode,
+    checkpointing: bool,
+) -> Result<StepGrads>
+where
+    B: AutodiffBackend + LoraLinearBackend,
+    B::InnerBackend: LoraLinearBackend,
+{
     if total == 0 {
         bail!("no counted token in the step");
     }
     let frozen = checkpointing.then(|| model.valid());
     let mut grads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut loss_sum = 0f64;
+    let mut counted = 0;
     for b in batches.iter().filter(|b| b.counted() > 0) {
         let weight = b.counted() as f64 / total as f64;
+        counted += b.counted();
         let (value, batch_grads) = match &frozen {
-            Some(frozen) => checkpointed_grads(model, frozen, b, weight, mode, device)?,
-            None => full_graph_grads(model, b, weight, mode, device)?,
+            Some(frozen) => checkpointed_grads(model, frozen, b, weight, mode)?,
+            None => full_graph_grads(model, b, weight, mode)?,
         };
         loss_sum += value * weight;
         for (name, grad) in batch_grads {
@@ -100,6 +118,33 @@ where
     Ok(StepGrads {
         grads,
         loss: loss_sum,
-        counted: total,
+        counted,
     })
+}
+
+/// The all-reduce of the replicas' shares, in rank order (deterministic): gradients summed per
+/// PEFT name (each tensor one buffer: an expert projection's factors are stacked), losses and
+/// counted tokens summed.
+pub fn all_reduce(shares: Vec<StepGrads>) -> StepGrads {
+    let mut shares = shares.into_iter();
+    let Some(mut out) = shares.next() else {
+        return StepGrads {
+            grads: BTreeMap::new(),
+            loss: 0.0,
+            counted: 0,
+        };
+    };
+    for share in shares {
+        out.loss += share.loss;
+        out.counted += share.counted;
+        for (name, g) in share.grads {
+            match out.grads.get_mut(&name) {
+                Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, h)| *a += h),
+                None => {
+                    out.grads.insert(name, g);
+                }
+            }
+        }
+    }
+    out
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use adapters::provenance::{self, Provenance, PROVENANCE_FILE, SIGNATURES_FILE};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,11 +19,11 @@ use super::clip::{clip_grad_norm, global_grad_norm};
 use super::config::{QuantCfg, TrainConfig};
 use super::eval::eval_loss;
 use super::optim::{AdamW, AdamWConfig};
+use super::parallel::Replicas;
 use super::report;
 use super::schedule::{LrSchedule, MinLr, ScheduleConfig};
 use super::setup::Setup;
 use super::state::{self, TrainerState, OPTIMIZER_FILE, STATE_FILE};
-use super::step::step_grads;
 use crate::data::Sampler;
 use crate::model::{ForwardMode, GptOssForCausalLM, GradPath, QuantMode};
 
@@ -56,13 +56,16 @@ fn adapter_of(config: &adapters::AdapterConfig, params: &Params) -> Result<adapt
     adapters::LoraAdapter::from_parts(config.clone(), parts).context("rebuilding the adapter")
 }
 
-/// Runs training on backend `B`.
-pub fn run<B>(setup: Setup, device: &B::Device) -> Result<Outcome>
+/// Runs training on backend `B` over `devices` (rank order; `setup.layout` says how they are cut
+/// into replicas and stages).
+pub fn run<B>(setup: Setup, devices: &[B::Device]) -> Result<Outcome>
 where
     B: AutodiffBackend + LoraLinearBackend,
     B::InnerBackend: LoraLinearBackend,
 {
     let Setup {
+        layout,
+        stages,
         cfg,
         ckpt,
         data,
@@ -121,8 +124,24 @@ where
         quant,
         path: GradPath::CustomOp,
     };
-    let mut model = GptOssForCausalLM::<B>::from_checkpoint(ckpt.clone(), device)?
+    ensure!(
+        devices.len() == layout.devices,
+        "{} devices given, the layout has {}",
+        devices.len(),
+        layout.devices
+    );
+    let mut replicas = Replicas::<B>::new(&ckpt, devices, stages)?
         .with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
+    if devices.len() > 1 {
+        tracing::info!(
+            "{} devices: {} data-parallel replica(s) of {} stage(s), layers per stage {:?}",
+            devices.len(),
+            replicas.len(),
+            layout.stages,
+            replicas.ranges()
+        );
+    }
+    let micro_per_step = cfg.gradient_accumulation_steps * replicas.len();
     let mut sampler = Sampler::new(data.train.len(), cfg.seed, true, st.data_position);
     let n_train = data.train.len();
 
@@ -143,12 +162,12 @@ where
         };
         let m = model.valid();
         let bs = cfg.per_device_eval_batch_size;
-        let deployed = eval_loss(&m, eval, bs, pad_id, quant, device)?;
+        let deployed = eval_loss(&m, eval, bs, pad_id, quant)?;
         let other_mode = match quant {
             QuantMode::Mxfp4 => QuantMode::None,
             _ => QuantMode::Mxfp4,
         };
-        let other = eval_loss(&m, eval, bs, pad_id, other_mode, device)?;
+        let other = eval_loss(&m, eval, bs, pad_id, other_mode)?;
         let (k1, k2) = match quant {
             QuantMode::Mxfp4 => ("eval_loss", "eval_loss_unquantized"),
             _ => ("eval_loss", "eval_loss_quantized"),
@@ -174,7 +193,7 @@ where
         _ => 0,
     };
     if cfg.eval_on_start && st.global_step == 0 {
-        evaluate(&model, &mut st)?;
+        evaluate(replicas.first(), &mut st)?;
     }
 
     let bar = ProgressBar::new(total_steps as u64);
@@ -193,7 +212,7 @@ where
     while st.global_step < total_steps {
         // gather the step's micro-batches (skipping those with no counted token)
         let mut batches: Vec<Batch> = Vec::new();
-        while batches.len() < cfg.gradient_accumulation_steps {
+        while batches.len() < micro_per_step {
             let seqs: Vec<_> = (0..cfg.per_device_train_batch_size)
                 .filter_map(|_| sampler.next_index().map(|(i, _)| data.train.sequence(i)))
                 .collect();
@@ -220,7 +239,8 @@ where
                 None => "none (no checkpoint was saved yet)".into(),
             }
         };
-        let mut g = step_grads(&model, &batches, mode, cfg.gradient_checkpointing, device)
+        let mut g = replicas
+            .step_grads(&batches, mode, cfg.gradient_checkpointing)
             .with_context(|| {
                 format!(
                     "step {}: training stopped; the last good checkpoint is {}",
@@ -291,7 +311,7 @@ where
                 last_good()
             );
         }
-        model = model.with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
+        replicas = replicas.with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
         st.global_step += 1;
         st.num_trained_tokens += g.counted;
         st.data_position = sampler.position();
@@ -323,7 +343,7 @@ where
             window_start = Instant::now();
         }
         if eval_every > 0 && (st.global_step % eval_every == 0 || st.global_step == total_steps) {
-            bar.suspend(|| evaluate(&model, &mut st))?;
+            bar.suspend(|| evaluate(replicas.first(), &mut st))?;
         }
         interrupted = INTERRUPTED.load(Ordering::SeqCst) && st.global_step < total_steps;
         if (save_every > 0 && st.global_step % save_every == 0) || interrupted {
@@ -347,7 +367,7 @@ where
     }
     bar.finish_and_clear();
     if eval_every == 0 && data.eval.is_some() && !interrupted {
-        evaluate(&model, &mut st)?;
+        evaluate(replicas.first(), &mut st)?;
     }
     finish(
         &output_dir,

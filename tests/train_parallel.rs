@@ -1,0 +1,261 @@
+//! Training on several devices gives the adapter one device gives, with the same global batch:
+//! data parallelism (replicas in threads, gradients all-reduced in rank order), layer placement
+//! (each replica's layers split over stages) and both, on CPU peers (`--device cpu:0-N`). Layer
+//! placement on one host runs the same ops in the same order: bit-identical. Data parallelism
+//! sums each replica's share before adding the shares: the same terms in another order, so within
+//! f32 reduction-order tolerance. A run resumes on another device count.
+
+mod data_support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use data_support::{fixtures, tiny_base};
+
+/// Largest relative L2 difference `‖a − b‖ / ‖a‖` of any adapter tensor allowed between a
+/// data-parallel and a one-device run after 3 AdamW steps at lr 1e-2. The gradients differ only
+/// in f32 summation order (~1e-7 relative); AdamW's normalized first steps (≈ lr·sign(g)) carry
+/// that to the parameters most where a gradient is near zero. Measured: see
+/// `docs/PERFORMANCE.md` (multi-device).
+const DP_REL_TOL: f64 = 2e-5;
+
+fn run(out: &Path, device: &str, extra: &[&str]) -> Output {
+    let data = fixtures().join("tiny-gpt-oss/data/train.jsonl");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lora-qat"));
+    c.env("LORA_QAT_LOG", "warn").args([
+        "train",
+        "--base",
+        tiny_base().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--device",
+        device,
+        "--max-steps",
+        "3",
+        "--learning-rate",
+        "1e-2",
+        "--per-device-train-batch-size",
+        "2",
+        "--logging-steps",
+        "1",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--chat-template-date",
+        "2026-01-01",
+        "--save-steps",
+        "2",
+    ]);
+    c.args(extra).output().expect("lora-qat runs")
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "lora-qat failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let vals = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (k, vals)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The largest relative L2 difference `‖a − b‖ / ‖a‖` over the adapter's tensors (f64 sums).
+fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(b)
+        .map(|((name, x), (_, y))| {
+            let norm = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(diff.is_finite(), "{name}");
+            diff / norm.max(1e-30)
+        })
+        .fold(0f64, f64::max)
+}
+
+fn losses(dir: &Path) -> Vec<f64> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("trainer_state.json")).unwrap()).unwrap();
+    state["log_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("loss").and_then(|l| l.as_f64()))
+        .collect()
+}
+
+#[test]
+fn several_devices_train_the_adapter_one_device_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n);
+    // one device, 4 micro-batches of 2 per step (global batch 8)
+    ok(&run(
+        &d("one"),
+        "cpu",
+        &["--gradient-accumulation-steps", "4"],
+    ));
+    // 2 replicas × 2 micro-batches
+    ok(&run(
+        &d("dp"),
+        "cpu:0-1",
+        &["--gradient-accumulation-steps", "2"],
+    ));
+    // 1 replica, layers over 2 stages, with and without recomputation
+    let pp = [
+        "--pipeline-stages",
+        "2",
+        "--gradient-accumulation-steps",
+        "4",
+    ];
+    ok(&run(&d("pp"), "cpu:0-1", &pp));
+    let gc = [&pp[..], &["--gradient-checkpointing", "true"]].concat();
+    ok(&run(&d("pp-gc"), "cpu:0-1", &gc));
+    ok(&run(
+        &d("one-gc"),
+        "cpu",
+        &[
+            "--gradient-accumulation-steps",
+            "4",
+            "--gradient-checkpointing",
+            "true",
+        ],
+    ));
+    // 2 replicas of 2 stages
+    let both = [
+        "--pipeline-stages",
+        "2",
+        "--gradient-accumulation-steps",
+        "2",
+    ];
+    ok(&run(&d("both"), "cpu:0-3", &both));
+
+    let one = adapter(&d("one"));
+    assert!(one.iter().any(|(_, v)| v.iter().any(|x| *x != 0.0)));
+    assert_eq!(
+        adapter(&d("pp")),
+        one,
+        "layer placement changed the adapter"
+    );
+    assert_eq!(
+        adapter(&d("pp-gc")),
+        adapter(&d("one-gc")),
+        "layer placement with recomputation changed the adapter"
+    );
+    for run in ["dp", "both"] {
+        let rel = max_rel_diff(&one, &adapter(&d(run)));
+        eprintln!("{run}: max relative difference to one device {rel:.3e}");
+        assert!(rel <= DP_REL_TOL, "{run}: {rel:.3e} > {DP_REL_TOL:e}");
+        let (a, b) = (losses(&d("one")), losses(&d(run)));
+        assert_eq!(a.len(), 3);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs(),
+                "{run}: losses {a:?} vs {b:?}"
+            );
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_data_parallel_run_resumes_on_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    ok(&run(
+        &whole,
+        "cpu:0-1",
+        &["--gradient-accumulation-steps", "2"],
+    ));
+    // the same run from its step-2 checkpoint, resumed on one device with the same global batch
+    let part = tmp.path().join("part");
+    std::fs::create_dir(&part).unwrap();
+    copy_dir(&whole.join("checkpoint-2"), &part.join("checkpoint-2"));
+    std::fs::copy(
+        whole.join("training_args.json"),
+        part.join("training_args.json"),
+    )
+    .unwrap();
+    ok(&run(
+        &part,
+        "cpu",
+        &[
+            "--gradient-accumulation-steps",
+            "4",
+            "--resume-from-checkpoint",
+            "latest",
+        ],
+    ));
+    assert!(part.join("adapter_model.safetensors").is_file());
+    let rel = max_rel_diff(&adapter(&whole), &adapter(&part));
+    eprintln!("resumed on one device: max relative difference {rel:.3e}");
+    assert!(rel <= DP_REL_TOL, "{rel:.3e}");
+}
+
+#[test]
+fn layouts_that_do_not_fit_the_devices_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |device: &str, extra: &[&str]| {
+        let o = run(&tmp.path().join("bad"), device, extra);
+        assert!(!o.status.success(), "{device} {extra:?} was accepted");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = err("cpu:0-2", &["--pipeline-stages", "2"]);
+    assert!(
+        e.contains("3 devices cannot be cut into pipelines of 2 stages"),
+        "{e}"
+    );
+    let e = err("cpu:0-4", &["--pipeline-stages", "5"]);
+    assert!(
+        e.contains("--pipeline-stages 5: must be between 1 and the model's 4 layers"),
+        "{e}"
+    );
+    let e = err("cpu", &["--pipeline-stages", "0"]);
+    assert!(
+        e.contains("cannot be cut into pipelines of 0 stages"),
+        "{e}"
+    );
+    let e = err("cpu,cuda:0", &[]);
+    assert!(e.contains("one kind of device per run"), "{e}");
+    let e = err("cpu:0,cpu:0", &[]);
+    assert!(e.contains("named twice"), "{e}");
+    assert!(!tmp
+        .path()
+        .join("bad")
+        .join("adapter_model.safetensors")
+        .exists());
+}
