@@ -3,7 +3,8 @@
 //! (each replica's layers split over stages) and both, on CPU peers (`--device cpu:0-N`). Layer
 //! placement on one host runs the same ops in the same order: bit-identical. Data parallelism
 //! sums each replica's share before adding the shares: the same terms in another order, so within
-//! f32 reduction-order tolerance. A run resumes on another device count.
+//! f32 reduction-order tolerance. A run resumes on another device count. Two processes over
+//! loopback (`--nnodes 2`) train what one process with two replicas trains, bit for bit.
 
 mod data_support;
 
@@ -20,6 +21,10 @@ use data_support::{fixtures, tiny_base};
 const DP_REL_TOL: f64 = 2e-5;
 
 fn run(out: &Path, device: &str, extra: &[&str]) -> Output {
+    command(out, device, extra).output().expect("lora-qat runs")
+}
+
+fn command(out: &Path, device: &str, extra: &[&str]) -> Command {
     let data = fixtures().join("tiny-gpt-oss/data/train.jsonl");
     let mut c = Command::new(env!("CARGO_BIN_EXE_lora-qat"));
     c.env("LORA_QAT_LOG", "warn").args([
@@ -49,7 +54,17 @@ fn run(out: &Path, device: &str, extra: &[&str]) -> Output {
         "--save-steps",
         "2",
     ]);
-    c.args(extra).output().expect("lora-qat runs")
+    c.args(extra);
+    c
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ok(o: &Output) {
@@ -227,6 +242,85 @@ fn a_data_parallel_run_resumes_on_one_device() {
 }
 
 #[test]
+fn two_processes_over_loopback_train_what_one_process_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one-process");
+    ok(&run(
+        &one,
+        "cpu:0-1",
+        &["--gradient-accumulation-steps", "2"],
+    ));
+
+    // node 0 and node 1, one CPU replica each: the same sum in the same order as two replicas in
+    // one process, so the adapter is bit-identical
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (lead, follow) = (tmp.path().join("node0"), tmp.path().join("node1"));
+    let node = |rank: &str, out: &Path| {
+        let flags = [
+            "--gradient-accumulation-steps",
+            "2",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            rank,
+            "--master-addr",
+            &addr,
+        ];
+        command(out, "cpu", &flags)
+            .spawn()
+            .expect("lora-qat starts")
+    };
+    let (n0, n1) = (node("0", &lead), node("1", &follow));
+    let (o0, o1) = (
+        n0.wait_with_output().unwrap(),
+        n1.wait_with_output().unwrap(),
+    );
+    ok(&o0);
+    ok(&o1);
+    assert_eq!(
+        adapter(&lead),
+        adapter(&one),
+        "two nodes changed the adapter"
+    );
+    assert_eq!(losses(&lead), losses(&one));
+    assert!(!follow.exists(), "node 1 wrote into its output directory");
+
+    // a node started with other arguments is refused by name, on both sides
+    let addr = format!("127.0.0.1:{}", free_port());
+    let other = |rank: &str, lr: &str| {
+        let flags = [
+            "--nnodes",
+            "2",
+            "--node-rank",
+            rank,
+            "--master-addr",
+            &addr,
+            "--learning-rate",
+            lr,
+        ];
+        command(&tmp.path().join(format!("bad{rank}")), "cpu", &flags)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("lora-qat starts")
+    };
+    let (n0, n1) = (other("0", "1e-2"), other("1", "2e-2"));
+    let (o0, o1) = (
+        n0.wait_with_output().unwrap(),
+        n1.wait_with_output().unwrap(),
+    );
+    assert!(!o0.status.success() && !o1.status.success());
+    let (e0, e1) = (
+        String::from_utf8_lossy(&o0.stderr),
+        String::from_utf8_lossy(&o1.stderr),
+    );
+    assert!(
+        e0.contains("node 1 refused: it runs a different training configuration"),
+        "{e0}"
+    );
+    assert!(e1.contains("node 0 refused node 1"), "{e1}");
+}
+
+#[test]
 fn layouts_that_do_not_fit_the_devices_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let err = |device: &str, extra: &[&str]| {
@@ -253,6 +347,20 @@ fn layouts_that_do_not_fit_the_devices_are_refused() {
     assert!(e.contains("one kind of device per run"), "{e}");
     let e = err("cpu:0,cpu:0", &[]);
     assert!(e.contains("named twice"), "{e}");
+    let e = err("cpu", &["--nnodes", "2"]);
+    assert!(e.contains("pass --master-addr HOST:PORT"), "{e}");
+    let e = err(
+        "cpu",
+        &[
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "2",
+            "--master-addr",
+            "127.0.0.1:1",
+        ],
+    );
+    assert!(e.contains("--node-rank 2: must be below --nnodes 2"), "{e}");
     assert!(!tmp
         .path()
         .join("bad")

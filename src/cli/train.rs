@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::plan::DeviceKind;
 use crate::train::config::TrainConfig;
+use crate::train::nodes::NodeSpec;
 use crate::train::setup::{setup, Layout};
 use crate::train::trainer;
 
@@ -38,6 +39,16 @@ macro_rules! flags {
             /// (layer placement); the devices are cut into replicas (data parallel) of this size.
             #[arg(long = "pipeline-stages", visible_alias = "pipeline_stages", default_value_t = 1)]
             pub pipeline_stages: usize,
+            /// Processes (nodes) of a multi-node run; each runs `train` with the same arguments,
+            /// its own `--node-rank` and node 0's `--master-addr`.
+            #[arg(long, default_value_t = 1)]
+            pub nnodes: usize,
+            /// This process's rank, 0 to --nnodes - 1 (node 0 writes the run's files).
+            #[arg(long = "node-rank", visible_alias = "node_rank", default_value_t = 0)]
+            pub node_rank: usize,
+            /// `HOST:PORT` where node 0 listens for the other nodes.
+            #[arg(long = "master-addr", visible_alias = "master_addr")]
+            pub master_addr: Option<String>,
             $(
                 $(#[doc = $doc])*
                 #[arg(long = $long $(, visible_alias = $alias)*, num_args = 0..=1, default_missing_value = "true")]
@@ -183,6 +194,11 @@ pub fn config(args: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = config(args)?;
     let layout = Layout {
+        nodes: NodeSpec {
+            nnodes: args.nnodes,
+            rank: args.node_rank,
+            master_addr: args.master_addr.clone(),
+        },
         devices: args.device.len(),
         stages: args.pipeline_stages,
         kind: if args.device.is_cpu() {
@@ -200,15 +216,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .iter()
         .rev()
         .find(|e| e.get("loss").is_some());
+    let written = match args.node_rank {
+        0 => outcome.output_dir.display().to_string(),
+        k => format!("node {k} (node 0 writes the run)"),
+    };
     eprintln!(
-        "{} after {} steps: {}{}",
+        "{} after {} steps: {written}{}",
         if outcome.interrupted {
             "interrupted"
         } else {
             "done"
         },
         outcome.state.global_step,
-        outcome.output_dir.display(),
         last.map_or(String::new(), |e| format!(" (last loss {})", e["loss"]))
     );
     Ok(())

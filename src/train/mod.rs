@@ -6,6 +6,7 @@ pub mod batch;
 pub mod clip;
 pub mod config;
 pub mod eval;
+pub mod nodes;
 pub mod optim;
 pub mod parallel;
 pub mod provenance;

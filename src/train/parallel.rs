@@ -129,18 +129,22 @@ where
         Ok(Self { models, ..self })
     }
 
-    /// The step's gradient over `batches`: micro-batch `i` on replica `i mod R`, the replicas in
-    /// parallel threads, their shares summed in rank order.
+    /// This node's share of the step's gradient over `batches` (every node's micro-batches):
+    /// micro-batch `i` goes to global replica `i mod global`, of which this node holds
+    /// `first..first + R`; the replicas run in parallel threads and their shares are summed in
+    /// rank order. With one node (`first` 0, `global` R) that is the step's gradient.
     pub fn step_grads(
         &self,
         batches: &[Batch],
+        first: usize,
+        global: usize,
         mode: ForwardMode,
         checkpointing: bool,
     ) -> Result<StepGrads> {
         let total: usize = batches.iter().map(Batch::counted).sum();
         let r = self.models.len();
         let shards: Vec<Vec<&Batch>> = (0..r)
-            .map(|rank| batches.iter().skip(rank).step_by(r).collect())
+            .map(|rank| batches.iter().skip(first + rank).step_by(global).collect())
             .collect();
         if r == 1 {
             return share_grads(&self.models[0], &shards[0], total, mode, checkpointing);

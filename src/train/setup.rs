@@ -16,9 +16,11 @@ use crate::data::{load_encoder, prepare, DataOptions, Prepared, RenderOptions};
 use crate::model::load::base_dims;
 
 /// How the run uses its devices: `devices` in rank order, cut into replicas (data parallel) of
-/// `stages` devices each (layer placement).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `stages` devices each (layer placement), on this node of `nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    /// The processes (nodes) of the run and this one's rank.
+    pub nodes: super::nodes::NodeSpec,
     /// Devices (CPU peers or GPUs).
     pub devices: usize,
     /// Pipeline stages per replica.
@@ -31,6 +33,7 @@ impl Layout {
     /// One CPU device.
     pub fn cpu() -> Self {
         Self {
+            nodes: super::nodes::NodeSpec::single(),
             devices: 1,
             stages: 1,
             kind: crate::plan::DeviceKind::Cpu,
@@ -48,6 +51,11 @@ impl Layout {
             );
         }
         Ok(self.devices / self.stages)
+    }
+
+    /// Replicas over all nodes (every node runs the same layout).
+    pub fn global_replicas(&self) -> Result<usize> {
+        Ok(self.replicas()? * self.nodes.nnodes)
     }
 }
 
@@ -81,7 +89,10 @@ const DEFAULT_EVAL_SPLIT: f64 = 0.1;
 /// Resolves a configuration into a runnable setup.
 pub fn setup(cfg: TrainConfig, layout: Layout) -> Result<Setup> {
     cfg.validate()?;
-    let replicas = layout.replicas()?;
+    layout.nodes.validate()?;
+    let replicas = layout.global_replicas()?;
+    // only node 0 writes into the output directory
+    let leader = layout.nodes.is_leader();
     let base = cfg
         .model_name_or_path
         .clone()
@@ -98,7 +109,7 @@ pub fn setup(cfg: TrainConfig, layout: Layout) -> Result<Setup> {
         Some(spec) => Some(state::resume_dir(spec, &output_dir)?),
         None => None,
     };
-    if resume.is_none() && state::holds_a_run(&output_dir)? {
+    if leader && resume.is_none() && state::holds_a_run(&output_dir)? {
         if !cfg.overwrite_output_dir {
             bail!(
                 "{} holds a previous run; pass --overwrite_output_dir to start over, or \
@@ -164,20 +175,22 @@ pub fn setup(cfg: TrainConfig, layout: Layout) -> Result<Setup> {
     let adapter_config = initial.config().clone();
 
     let micro = data.train.len().div_ceil(cfg.per_device_train_batch_size);
-    // every replica takes `gradient_accumulation_steps` micro-batches per step
+    // every replica (of every node) takes `gradient_accumulation_steps` micro-batches per step
     let steps_per_epoch = (micro / (cfg.gradient_accumulation_steps * replicas)).max(1);
     let total_steps = match cfg.max_steps {
         Some(n) => n,
         None => ((cfg.num_train_epochs * steps_per_epoch as f64).ceil() as usize).max(1),
     };
     let pad_id = config.pad_token_id.unwrap_or(0);
-    std::fs::create_dir_all(&output_dir)
-        .with_context(|| format!("cannot create {}", output_dir.display()))?;
-    std::fs::write(
-        output_dir.join("training_args.json"),
-        serde_json::to_string_pretty(&cfg)?,
-    )
-    .with_context(|| format!("cannot write {}/training_args.json", output_dir.display()))?;
+    if leader {
+        std::fs::create_dir_all(&output_dir)
+            .with_context(|| format!("cannot create {}", output_dir.display()))?;
+        std::fs::write(
+            output_dir.join("training_args.json"),
+            serde_json::to_string_pretty(&cfg)?,
+        )
+        .with_context(|| format!("cannot write {}/training_args.json", output_dir.display()))?;
+    }
     for n in &cfg.no_effect {
         tracing::warn!("accepted, no effect here: {n}");
     }

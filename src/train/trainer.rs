@@ -18,6 +18,7 @@ use super::batch::{collate, Batch};
 use super::clip::{clip_grad_norm, global_grad_norm};
 use super::config::{QuantCfg, TrainConfig};
 use super::eval::eval_loss;
+use super::nodes::{run_fingerprint, NodeGroup};
 use super::optim::{AdamW, AdamWConfig};
 use super::parallel::Replicas;
 use super::report;
@@ -141,7 +142,21 @@ where
             replicas.ranges()
         );
     }
-    let micro_per_step = cfg.gradient_accumulation_steps * replicas.len();
+    let leader = layout.nodes.is_leader();
+    let global_replicas = replicas.len() * layout.nodes.nnodes;
+    let first_replica = layout.nodes.rank * replicas.len();
+    let run_id = run_fingerprint(&cfg, &provenance, total_steps, st.global_step, &layout)?;
+    let mut group = NodeGroup::connect(&layout.nodes, &run_id)?;
+    if group.is_some() {
+        tracing::info!(
+            "node {} of {}: replicas {}..{} of {global_replicas}",
+            layout.nodes.rank,
+            layout.nodes.nnodes,
+            first_replica,
+            first_replica + replicas.len()
+        );
+    }
+    let micro_per_step = cfg.gradient_accumulation_steps * global_replicas;
     let mut sampler = Sampler::new(data.train.len(), cfg.seed, true, st.data_position);
     let n_train = data.train.len();
 
@@ -157,7 +172,7 @@ where
     );
 
     let evaluate = |model: &GptOssForCausalLM<B>, st: &mut TrainerState| -> Result<()> {
-        let Some(eval) = &data.eval else {
+        let Some(eval) = data.eval.as_ref().filter(|_| leader) else {
             return Ok(());
         };
         let m = model.valid();
@@ -196,7 +211,10 @@ where
         evaluate(replicas.first(), &mut st)?;
     }
 
-    let bar = ProgressBar::new(total_steps as u64);
+    let bar = match leader {
+        true => ProgressBar::new(total_steps as u64),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
@@ -239,15 +257,25 @@ where
                 None => "none (no checkpoint was saved yet)".into(),
             }
         };
+        let stopped = || {
+            format!(
+                "step {}: training stopped; the last good checkpoint is {}",
+                step + 1,
+                last_good()
+            )
+        };
         let mut g = replicas
-            .step_grads(&batches, mode, cfg.gradient_checkpointing)
-            .with_context(|| {
-                format!(
-                    "step {}: training stopped; the last good checkpoint is {}",
-                    step + 1,
-                    last_good()
-                )
-            })?;
+            .step_grads(
+                &batches,
+                first_replica,
+                global_replicas,
+                mode,
+                cfg.gradient_checkpointing,
+            )
+            .with_context(stopped)?;
+        if let Some(group) = group.as_mut() {
+            g = group.all_reduce(step + 1, g).with_context(stopped)?;
+        }
         let lr = schedule.lr_at(step);
         let names: Vec<String> = params.keys().cloned().collect();
         for n in &names {
@@ -336,8 +364,10 @@ where
                 "tokens_per_s": window_tokens as f64 / secs.max(1e-9),
                 "num_input_tokens_seen": st.num_input_tokens_seen,
             });
-            bar.suspend(|| tracing::info!("{entry}"));
-            report::append_log(&output_dir, &entry)?;
+            if leader {
+                bar.suspend(|| tracing::info!("{entry}"));
+                report::append_log(&output_dir, &entry)?;
+            }
             st.log_history.push(entry);
             (window_loss, window_steps, window_tokens) = (0.0, 0, 0);
             window_start = Instant::now();
@@ -346,7 +376,7 @@ where
             bar.suspend(|| evaluate(replicas.first(), &mut st))?;
         }
         interrupted = INTERRUPTED.load(Ordering::SeqCst) && st.global_step < total_steps;
-        if (save_every > 0 && st.global_step % save_every == 0) || interrupted {
+        if leader && ((save_every > 0 && st.global_step % save_every == 0) || interrupted) {
             save_checkpoint(
                 &output_dir,
                 &adapter_config,
@@ -368,6 +398,13 @@ where
     bar.finish_and_clear();
     if eval_every == 0 && data.eval.is_some() && !interrupted {
         evaluate(replicas.first(), &mut st)?;
+    }
+    if !leader {
+        return Ok(Outcome {
+            state: st,
+            output_dir,
+            interrupted,
+        });
     }
     finish(
         &output_dir,
