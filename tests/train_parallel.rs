@@ -267,6 +267,8 @@ fn two_processes_over_loopback_train_what_one_process_trains() {
             &addr,
         ];
         command(out, "cpu", &flags)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("lora-qat starts")
     };
@@ -299,6 +301,7 @@ fn two_processes_over_loopback_train_what_one_process_trains() {
             lr,
         ];
         command(&tmp.path().join(format!("bad{rank}")), "cpu", &flags)
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("lora-qat starts")

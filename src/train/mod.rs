@@ -9,6 +9,7 @@ pub mod eval;
 pub mod nodes;
 pub mod optim;
 pub mod parallel;
+pub mod pipeline;
 pub mod provenance;
 pub mod recompute;
 pub mod report;

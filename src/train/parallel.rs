@@ -5,8 +5,8 @@
 //! devices. Within a replica, the decoder layers are split into contiguous ranges by the planner
 //! ([`crate::plan::strategy::balanced`]: the split with the smallest peak bytes); the embedding
 //! sits on the first stage, the final norm, `lm_head` and the loss on the last, and activations
-//! and their gradients move between stages with `to_device`. Stages run one after the other for
-//! a micro-batch (no overlap of stages yet).
+//! and their gradients move between stages with `to_device`. The stages of a replica run in their
+//! own threads, pipelined over the micro-batches ([`super::pipeline`]).
 //!
 //! A step's micro-batches are sharded by rank (micro-batch `i` goes to replica `i mod R`); each
 //! replica runs in its own thread and weighs its micro-batches by the whole step's counted tokens,
@@ -23,6 +23,7 @@ use kernels::ops::LoraLinearBackend;
 
 use super::batch::Batch;
 use super::config::TrainConfig;
+use super::pipeline::pipelined_grads;
 use super::step::{all_reduce, share_grads, StepGrads};
 use crate::checkpoint::{Checkpoint, GptOssConfig};
 use crate::model::{ForwardMode, GptOssForCausalLM, LayerPlacement};
@@ -147,7 +148,7 @@ where
             .map(|rank| batches.iter().skip(first + rank).step_by(global).collect())
             .collect();
         if r == 1 {
-            return share_grads(&self.models[0], &shards[0], total, mode, checkpointing);
+            return self.replica_grads(&self.models[0], &shards[0], total, mode, checkpointing);
         }
         let shares = std::thread::scope(|scope| {
             let handles: Vec<_> = self
@@ -155,7 +156,8 @@ where
                 .iter()
                 .zip(&shards)
                 .map(|(model, shard)| {
-                    scope.spawn(move || share_grads(model, shard, total, mode, checkpointing))
+                    scope
+                        .spawn(move || self.replica_grads(model, shard, total, mode, checkpointing))
                 })
                 .collect();
             handles
@@ -168,5 +170,20 @@ where
                 .collect::<Result<Vec<_>>>()
         })?;
         Ok(all_reduce(shares))
+    }
+
+    /// One replica's share: its stages pipelined when it has several, else in sequence.
+    fn replica_grads(
+        &self,
+        model: &GptOssForCausalLM<B>,
+        shard: &[&Batch],
+        total: usize,
+        mode: ForwardMode,
+        checkpointing: bool,
+    ) -> Result<StepGrads> {
+        match self.ranges.len() {
+            1 => share_grads(model, shard, total, mode, checkpointing),
+            _ => pipelined_grads(model, &self.ranges, shard, total, mode, checkpointing),
+        }
     }
 }
