@@ -351,6 +351,23 @@ fn refusal(
                 .into(),
         ),
     }
+    if let Some(f) = &fullest {
+        // AdamW m and v are half of the 16 B/param LoRA state; bf16 weights halve the f32 copies
+        let optimizer = f.lora_state / 2;
+        let weights = f.non_expert_f32.saturating_sub(f.non_expert_bf16);
+        let leaner = f.total.saturating_sub(optimizer + weights);
+        tips.push(format!(
+            "AdamW moments on the host (-{}) and non-expert weights kept in bf16 on the device (-{}) \
+             would make the fullest device need {}: {}",
+            gb(optimizer),
+            gb(weights),
+            gb(leaner),
+            match leaner <= usable {
+                true => "fits".to_string(),
+                false => format!("still {} over", gb(leaner - usable)),
+            }
+        ));
+    }
     Ok(Refusal {
         needed: attempt.peak(),
         available: usable,

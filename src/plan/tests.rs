@@ -120,6 +120,14 @@ fn gpt_oss_120b_on_one_80gb_does_not_fit_and_says_what_would() {
         r.suggestions.iter().any(|s| s.contains("2 × 80.00 GB")),
         "{r:?}"
     );
+    // AdamW m, v on the host: 536_813_568 · 8 = 4_294_508_544; bf16 instead of f32 non-expert
+    // weights: 8_669_484_288 / 2 = 4_334_742_144; 85_981_313_280 − both = 77_352_062_592 > 72e9
+    assert!(
+        r.suggestions
+            .iter()
+            .any(|s| s.contains("(-4.29 GB)") && s.contains("need 77.35 GB: still 5.35 GB over")),
+        "{r:?}"
+    );
     assert!(plan_for_training(&config(CFG_120B), &options("1x80GB", None)).is_err());
 }
 
