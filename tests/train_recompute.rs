@@ -9,6 +9,7 @@ mod model_support;
 use burn::backend::{Autodiff, Flex};
 use lora_qat::model::{ForwardMode, GradPath, QuantMode};
 use lora_qat::train::batch::Batch;
+use lora_qat::train::pipeline::pipelined_grads;
 use lora_qat::train::step::step_grads;
 use model_support::*;
 
@@ -85,4 +86,47 @@ fn checkpointed_gradients_equal_the_full_graph_under_qat() {
 #[test]
 fn checkpointed_gradients_equal_the_full_graph_without_quantization() {
     check(QuantMode::None);
+}
+
+/// The pipelined stages (`train::pipeline`, layers 0..2 and 2..4 in their own threads) give the
+/// sequential step's gradients and loss bit for bit, with and without recomputation; a bad
+/// micro-batch stops every stage (no stage waits forever) with the failing stage's own error.
+#[test]
+fn pipelined_stages_equal_the_sequential_step_and_stop_together_on_errors() {
+    let dev = Default::default();
+    let model = model::<Ad>(true, &dev);
+    let mode = ForwardMode {
+        quant: QuantMode::Mxfp4,
+        path: GradPath::CustomOp,
+    };
+    let b = batches();
+    let refs: Vec<&Batch> = b.iter().collect();
+    let total = b.iter().map(Batch::counted).sum();
+    let ranges = [0..2, 2..4];
+    for checkpointing in [false, true] {
+        let seq = step_grads(&model, &b, mode, checkpointing).unwrap();
+        let pipe = pipelined_grads(&model, &ranges, &refs, total, mode, checkpointing).unwrap();
+        assert_eq!(seq.loss.to_bits(), pipe.loss.to_bits(), "{checkpointing}");
+        assert_eq!(seq.counted, pipe.counted);
+        assert_eq!(seq.grads, pipe.grads, "checkpointing {checkpointing}");
+    }
+
+    // a token id outside the vocabulary fails in stage 0; a label outside it in the last stage's
+    // head, after stage 0 has sent its activations and waits for their gradient
+    let vocab = model.vocab_size() as i64;
+    let mut bad_ids = b.clone();
+    bad_ids[1].ids[3] = vocab + 5;
+    let mut bad_labels = b.clone();
+    bad_labels[1].labels[5] = vocab + 7;
+    for (bad, stage, what) in [
+        (bad_ids, 0, "outside the vocabulary"),
+        (bad_labels, 1, "label"),
+    ] {
+        let refs: Vec<&Batch> = bad.iter().collect();
+        let err = pipelined_grads(&model, &ranges, &refs, total, mode, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("pipeline stage {stage}")), "{err}");
+        assert!(err.contains(what), "{err}");
+    }
 }

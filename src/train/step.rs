@@ -17,6 +17,7 @@ use super::recompute::{checkpointed_grads, BatchGrads};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
 /// The summed gradients and the step's mean loss.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepGrads {
     /// PEFT name -> gradient (stacked like PEFT's tensors).
     pub grads: BTreeMap<String, Vec<f32>>,
