@@ -23,7 +23,7 @@ use kernels::ops::{LoraLinearBackend, RoutingBackend};
 
 use super::batch::Batch;
 use super::recompute::{forward_keeping_inputs, head_grad, recompute_backward, LoraGrads};
-use super::step::StepGrads;
+use super::step::{GradSum, StepGrads};
 use crate::model::placement::{moved, RopeByDevice};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
@@ -43,30 +43,10 @@ enum Saved<B: AutodiffBackend> {
 }
 
 /// One stage's part of the step.
-#[derive(Default)]
-struct StageOut {
-    grads: BTreeMap<String, Vec<f32>>,
+struct StageOut<B: AutodiffBackend> {
+    grads: GradSum<B::InnerBackend>,
     loss: f64,
     counted: usize,
-}
-
-impl StageOut {
-    fn add<B: AutodiffBackend>(&mut self, grads: LoraGrads<B>) -> Result<()> {
-        for (name, grad) in grads {
-            let Some(grad) = grad else { continue };
-            let host = grad
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow!("{name}: {e:?}"))?;
-            match self.grads.get_mut(&name) {
-                Some(acc) => acc.iter_mut().zip(&host).for_each(|(a, h)| *a += h),
-                None => {
-                    self.grads.insert(name, host);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A stage's place in the pipeline.
@@ -136,7 +116,7 @@ where
         })
         .collect();
     let (frozen, batches) = (&frozen, &batches);
-    let results: Vec<Result<StageOut>> = std::thread::scope(|scope| {
+    let results: Vec<Result<StageOut<B>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = stages
             .into_iter()
             .map(|st| {
@@ -171,7 +151,7 @@ where
         counted: 0,
     };
     for st in results.into_iter().flatten() {
-        out.grads.extend(st.grads);
+        out.grads.extend(st.grads.into_host()?);
         out.loss += st.loss;
         out.counted += st.counted;
     }
@@ -202,7 +182,7 @@ fn run_stage<B>(
     total: usize,
     mode: ForwardMode,
     checkpointing: bool,
-) -> Result<StageOut>
+) -> Result<StageOut<B>>
 where
     B: AutodiffBackend + LoraLinearBackend,
     B::InnerBackend: LoraLinearBackend,
@@ -211,7 +191,11 @@ where
     let own_frozen = &frozen.model.layers[st.layers.clone()];
     let device = own[0].device();
     let (first, i) = (st.index == 0, st.index);
-    let mut out = StageOut::default();
+    let mut out = StageOut::<B> {
+        grads: GradSum::default(),
+        loss: 0.0,
+        counted: 0,
+    };
     let mut pending = Vec::new();
     for batch in batches {
         let positions = PositionIds::from_i64(&batch.positions, batch.batch, batch.seq)?;
@@ -274,7 +258,7 @@ fn backward<B>(
     upstream: Inner<B>,
     positions: &PositionIds,
     mode: ForwardMode,
-    out: &mut StageOut,
+    out: &mut StageOut<B>,
 ) -> Result<()>
 where
     B: AutodiffBackend + LoraLinearBackend,
@@ -296,7 +280,7 @@ where
             (grads, leaf.grad(&g))
         }
     };
-    out.add::<B>(grads)?;
+    out.grads.add(grads);
     if st.index > 0 {
         let dx = dx.context("no gradient reached the stage's input")?;
         send::<B>(&st.bwd_out, dx, st.index - 1)?;

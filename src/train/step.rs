@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor};
 use kernels::ops::LoraLinearBackend;
 
 use super::batch::Batch;
@@ -91,7 +92,7 @@ where
         bail!("no counted token in the step");
     }
     let frozen = checkpointing.then(|| model.valid());
-    let mut grads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut grads = GradSum::default();
     let mut loss_sum = 0f64;
     let mut counted = 0;
     for b in batches.iter().filter(|b| b.counted() > 0) {
@@ -102,25 +103,55 @@ where
             None => full_graph_grads(model, b, weight, mode)?,
         };
         loss_sum += value * weight;
-        for (name, grad) in batch_grads {
-            let Some(grad) = grad else { continue };
-            let host = grad
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
-            match grads.get_mut(&name) {
-                Some(acc) => acc.iter_mut().zip(&host).for_each(|(a, h)| *a += h),
-                None => {
-                    grads.insert(name, host);
-                }
-            }
-        }
+        grads.add(batch_grads);
     }
     Ok(StepGrads {
-        grads,
+        grads: grads.into_host()?,
         loss: loss_sum,
         counted,
     })
+}
+
+/// LoRA gradients summed per PEFT name where they were computed (the device), micro-batch after
+/// micro-batch (`acc + g`, the f32 sum the host would do), and read to the host once.
+pub struct GradSum<B: Backend> {
+    sums: BTreeMap<String, Tensor<B, 2>>,
+}
+
+impl<B: Backend> Default for GradSum<B> {
+    fn default() -> Self {
+        Self {
+            sums: BTreeMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> GradSum<B> {
+    /// Adds one micro-batch's `(PEFT key, gradient)` (factors without a gradient are skipped).
+    pub fn add(&mut self, grads: Vec<(String, Option<Tensor<B, 2>>)>) {
+        for (name, grad) in grads {
+            let Some(grad) = grad else { continue };
+            let sum = match self.sums.remove(&name) {
+                Some(acc) => acc + grad,
+                None => grad,
+            };
+            self.sums.insert(name, sum);
+        }
+    }
+
+    /// The sums on the host, by PEFT name.
+    pub fn into_host(self) -> Result<BTreeMap<String, Vec<f32>>> {
+        self.sums
+            .into_iter()
+            .map(|(name, t)| {
+                let host = t
+                    .into_data()
+                    .to_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))?;
+                Ok((name, host))
+            })
+            .collect()
+    }
 }
 
 /// The all-reduce of the replicas' shares, in rank order (deterministic): gradients summed per
