@@ -94,6 +94,45 @@ fn adapter_default_quant_is_the_qat_forward() {
     check_parity(&["--adapter", &a], "logits_qat", "loss_qat");
 }
 
+/// Layers placed over two (CPU) devices score what one device scores, byte for byte; more
+/// devices than layers are refused.
+#[test]
+fn layers_over_two_devices_score_like_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), "ids.safetensors", true);
+    let (b, a) = (base(), adapter());
+    let run = |device: &str, name: &str| {
+        let out = dir.path().join(name);
+        let args = [
+            "--base",
+            &b,
+            "--adapter",
+            &a,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            device,
+        ];
+        (score(&args), out)
+    };
+    let (one, one_out) = run("cpu", "one.safetensors");
+    assert_ok(&one);
+    let (two, two_out) = run("cpu:0-1", "two.safetensors");
+    assert_ok(&two);
+    let (l1, l2) = (read_output(&one_out), read_output(&two_out));
+    assert_eq!(l1.0, l2.0);
+    assert!(l1
+        .1
+        .iter()
+        .zip(&l2.1)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(l1.2.to_bits(), l2.2.to_bits());
+    let (five, _) = run("cpu:0-4", "five.safetensors");
+    assert_err(&five, &["5 devices for 4 layers"]);
+}
+
 #[test]
 fn without_labels_the_input_ids_are_the_labels() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,8 +24,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::checkpoint::{resolve_model, Checkpoint};
-use crate::device::{self, DeviceChoice, Job};
+use crate::device::{self, DeviceSet, Job};
 use crate::model::loss::shifted_targets;
+use crate::model::placement::{even_ranges, LayerPlacement};
 use crate::model::{
     causal_lm_loss, ForwardMode, GptOssForCausalLM, GradPath, PositionIds, QuantMode, IGNORE_INDEX,
 };
@@ -53,9 +54,10 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Compute device: `cpu`, `cuda[:N]` (builds with the `cuda` feature) or `vulkan` (builds
-    /// with the `vulkan` feature; Mesa's lavapipe runs it on a CPU).
+    /// with the `vulkan` feature; Mesa's lavapipe runs it on a CPU); several (`cuda:0-1`) hold
+    /// equal contiguous ranges of the layers (layer placement).
     #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    pub device: DeviceSet,
 }
 
 /// The token ids, labels and positions read from `--input`.
@@ -102,7 +104,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         quant,
         inputs: &inputs,
     };
-    let scored = device::dispatch(&device::DeviceSet::one(args.device), job)?;
+    let scored = device::dispatch(&args.device, job)?;
     write_outputs(&args.out, &scored)?;
     let examples = inputs
         .positions
@@ -145,14 +147,13 @@ impl Job for ScoreJob<'_> {
         B: AutodiffBackend + LoraLinearBackend,
         B::InnerBackend: LoraLinearBackend,
     {
-        let device = &devices[0];
-        score_on::<B::InnerBackend>(device, self.ckpt, self.adapter, self.quant, self.inputs)
+        score_on::<B::InnerBackend>(devices, self.ckpt, self.adapter, self.quant, self.inputs)
     }
 }
 
 /// The forward on backend `B`.
 fn score_on<B: LoraLinearBackend>(
-    device: &B::Device,
+    devices: &[B::Device],
     ckpt: Arc<Checkpoint>,
     adapter: Option<&adapters::LoraAdapter>,
     quant: QuantMode,
@@ -160,13 +161,15 @@ fn score_on<B: LoraLinearBackend>(
 ) -> anyhow::Result<Scored> {
     let config = ckpt.config().clone();
     let dir = ckpt.dir().display().to_string();
-    let mut model = GptOssForCausalLM::<B>::from_checkpoint(ckpt, device)
+    let layers = config.num_hidden_layers;
+    let placement = LayerPlacement::stages(&even_ranges(layers, devices.len())?, devices, layers)?;
+    let mut model = GptOssForCausalLM::<B>::from_checkpoint_placed(ckpt, &placement)
         .with_context(|| format!("loading the base model from {dir}"))?;
     if let Some(a) = adapter {
         model = model.with_adapter(a, &config)?;
     }
     let ids = model
-        .input_ids(&inputs.ids, inputs.batch, inputs.seq, device)
+        .input_ids(&inputs.ids, inputs.batch, inputs.seq, &model.embed_device())
         .with_context(|| format!("--input {}", inputs.file.display()))?;
     let vocab = model.vocab_size();
     let (rows, _) =

@@ -90,6 +90,25 @@ impl<D: Clone + PartialEq> LayerPlacement<D> {
     }
 }
 
+/// `layers` cut into `parts` contiguous ranges of equal size (the first ones one layer longer when
+/// it does not divide): the split for inference, where every layer weighs the same.
+pub fn even_ranges(layers: usize, parts: usize) -> Result<Vec<Range<usize>>> {
+    ensure!(
+        (1..=layers).contains(&parts),
+        "{parts} devices for {layers} layers: give between 1 and {layers}"
+    );
+    let (each, extra) = (layers / parts, layers % parts);
+    let mut start = 0;
+    Ok((0..parts)
+        .map(|i| {
+            let end = start + each + usize::from(i < extra);
+            let r = start..end;
+            start = end;
+            r
+        })
+        .collect())
+}
+
 /// `x` on `device` (no copy when it is already there).
 pub fn moved<B: Backend, const D: usize, K: BasicOps<B>>(
     x: Tensor<B, D, K>,
@@ -147,6 +166,18 @@ mod tests {
         assert_eq!(p.distinct(), vec!['a', 'b']);
         let single = LayerPlacement::single(&'c', 3);
         assert_eq!(single.distinct(), vec!['c']);
+    }
+
+    #[test]
+    fn even_ranges_cover_the_layers() {
+        assert_eq!(even_ranges(4, 2).unwrap(), vec![0..2, 2..4]);
+        assert_eq!(even_ranges(36, 8).unwrap()[..2], [0..5, 5..10]);
+        assert_eq!(even_ranges(36, 8).unwrap()[7], 32..36);
+        assert!(even_ranges(4, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("5 devices for 4 layers"));
+        assert!(even_ranges(4, 0).is_err());
     }
 
     #[test]
