@@ -49,6 +49,9 @@ macro_rules! flags {
             /// `HOST:PORT` where node 0 listens for the other nodes.
             #[arg(long = "master-addr", visible_alias = "master_addr")]
             pub master_addr: Option<String>,
+            /// Seconds to wait for the other nodes when starting.
+            #[arg(long = "node-timeout", visible_alias = "node_timeout", default_value_t = 600)]
+            pub node_timeout: u64,
             $(
                 $(#[doc = $doc])*
                 #[arg(long = $long $(, visible_alias = $alias)*, num_args = 0..=1, default_missing_value = "true")]
@@ -198,6 +201,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             nnodes: args.nnodes,
             rank: args.node_rank,
             master_addr: args.master_addr.clone(),
+            timeout: std::time::Duration::from_secs(args.node_timeout),
         },
         devices: args.device.len(),
         stages: args.pipeline_stages,

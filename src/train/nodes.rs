@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::step::StepGrads;
 
-/// How long a node keeps trying to reach node 0, and node 0 waits for the others.
+/// How long a node keeps trying to reach node 0, and node 0 waits for the others, by default.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `--nnodes`, `--node-rank`, `--master-addr`.
@@ -35,6 +35,8 @@ pub struct NodeSpec {
     pub rank: usize,
     /// `HOST:PORT` node 0 listens on (unused with one node).
     pub master_addr: Option<String>,
+    /// How long to wait for the other nodes when connecting.
+    pub timeout: Duration,
 }
 
 impl NodeSpec {
@@ -44,6 +46,7 @@ impl NodeSpec {
             nnodes: 1,
             rank: 0,
             master_addr: None,
+            timeout: CONNECT_TIMEOUT,
         }
     }
 
@@ -122,7 +125,7 @@ fn send_grads<W: Write>(w: &mut W, step: usize, g: &StepGrads) -> Result<()> {
         step,
         loss: g.loss,
         counted: g.counted,
-        tensors: g.grads.iter().map(|(k, v)| (k.clone(), v.len())).collect(),
+        tensors: tensor_list(g),
     };
     send(w, &header)?;
     for v in g.grads.values() {
@@ -133,13 +136,27 @@ fn send_grads<W: Write>(w: &mut W, step: usize, g: &StepGrads) -> Result<()> {
     Ok(())
 }
 
-fn recv_grads<R: Read>(r: &mut R, step: usize) -> Result<StepGrads> {
+/// `(PEFT name, length)` of every gradient, in name order (what a message's header lists).
+fn tensor_list(g: &StepGrads) -> Vec<(String, usize)> {
+    g.grads.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+}
+
+/// A message of `step` whose tensors must be `expect` (checked before any value is read).
+fn recv_grads<R: Read>(r: &mut R, step: usize, expect: &[(String, usize)]) -> Result<StepGrads> {
     let h: Header = recv(r)?;
     ensure!(
         h.step == step,
         "it is at step {}, this node at step {step}",
         h.step
     );
+    if h.tensors != expect {
+        let odd = h
+            .tensors
+            .iter()
+            .find(|t| !expect.contains(t))
+            .or_else(|| expect.iter().find(|m| !h.tensors.contains(m)));
+        bail!("it sent other gradients than this node has (first difference: {odd:?})");
+    }
     let mut grads = BTreeMap::new();
     for (name, len) in h.tensors {
         let mut bytes = vec![0u8; len * 4];
@@ -157,22 +174,8 @@ fn recv_grads<R: Read>(r: &mut R, step: usize) -> Result<StepGrads> {
     })
 }
 
-/// `acc += g`, checked to hold the same tensors.
-fn add_share(acc: &mut StepGrads, g: StepGrads, node: usize) -> Result<()> {
-    let names = |s: &StepGrads| {
-        s.grads
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect::<Vec<_>>()
-    };
-    let (mine, theirs) = (names(acc), names(&g));
-    if mine != theirs {
-        let odd = theirs
-            .iter()
-            .find(|t| !mine.contains(t))
-            .or_else(|| mine.iter().find(|m| !theirs.contains(m)));
-        bail!("node {node} sent other gradients than node 0 has (first difference: {odd:?})");
-    }
+/// `acc += g` (the same tensors, checked on receipt).
+fn add_share(acc: &mut StepGrads, g: StepGrads) {
     acc.loss += g.loss;
     acc.counted += g.counted;
     for (name, v) in g.grads {
@@ -180,7 +183,6 @@ fn add_share(acc: &mut StepGrads, g: StepGrads, node: usize) -> Result<()> {
             a.iter_mut().zip(&v).for_each(|(x, y)| *x += y);
         }
     }
-    Ok(())
 }
 
 impl NodeGroup {
@@ -191,7 +193,7 @@ impl NodeGroup {
             return Ok(None);
         }
         let addr = spec.master_addr.as_deref().unwrap_or_default();
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let deadline = Instant::now() + spec.timeout;
         if spec.is_leader() {
             let listener = TcpListener::bind(addr)
                 .with_context(|| format!("--master-addr {addr}: cannot listen"))?;
@@ -205,9 +207,10 @@ impl NodeGroup {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         ensure!(
                             Instant::now() < deadline,
-                            "node 0: {} of {} nodes joined within {CONNECT_TIMEOUT:?}",
+                            "node 0: {} of {} nodes joined within {:?}",
                             peers.iter().filter(|p| p.is_some()).count(),
-                            spec.nnodes - 1
+                            spec.nnodes - 1,
+                            spec.timeout
                         );
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
@@ -289,11 +292,12 @@ impl NodeGroup {
         match self {
             Self::Leader(peers) => {
                 let mut acc = share;
+                let expect = tensor_list(&acc);
                 for (i, (r, _)) in peers.iter_mut().enumerate() {
-                    let g = recv_grads(r, step).with_context(|| {
+                    let g = recv_grads(r, step, &expect).with_context(|| {
                         format!("step {step}: receiving node {}'s gradients", i + 1)
                     })?;
-                    add_share(&mut acc, g, i + 1)?;
+                    add_share(&mut acc, g);
                 }
                 for (i, (_, w)) in peers.iter_mut().enumerate() {
                     send_grads(w, step, &acc)
@@ -305,7 +309,7 @@ impl NodeGroup {
                 send_grads(w, step, &share).with_context(|| {
                     format!("step {step}: sending node 0 this node's gradients")
                 })?;
-                recv_grads(r, step)
+                recv_grads(r, step, &tensor_list(&share))
                     .with_context(|| format!("step {step}: receiving the sum from node 0"))
             }
         }
