@@ -11,7 +11,7 @@ use super::layer::DecoderLayer;
 use super::lora::LoraPair;
 use super::loss::{causal_lm_loss, counted_rows_loss, counted_targets, LossOutput};
 use super::mode::ForwardMode;
-use super::placement::{moved, RopeByDevice};
+use super::placement::{forward_layers, moved, RopeByDevice};
 use super::positions::PositionIds;
 use super::rms_norm::RmsNorm;
 use super::rope::{RopeTables, YarnParams};
@@ -225,12 +225,8 @@ impl<B: LoraLinearBackend> GptOssForCausalLM<B> {
         );
         let m = &self.model;
         let mut rope = RopeByDevice::new(&m.rope, m.head_dim, positions);
-        let mut x = m.embed_tokens.forward(moved(ids, &self.embed_device()));
-        for layer in &m.layers {
-            let device = layer.device();
-            x = moved(x, &device);
-            x = layer.forward(x, rope.on(&device), positions, mode)?;
-        }
+        let x = m.embed_tokens.forward(moved(ids, &self.embed_device()));
+        let x = forward_layers(&m.layers, x, &mut rope, positions, mode)?;
         // what device routing flagged in any layer (one read per device for the whole pass)
         for device in self.layer_devices() {
             B::routing_errors(&device)?;

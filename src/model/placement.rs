@@ -9,6 +9,10 @@ use anyhow::{ensure, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{BasicOps, Tensor};
 
+use kernels::ops::LoraLinearBackend;
+
+use super::layer::DecoderLayer;
+use super::mode::ForwardMode;
 use super::positions::PositionIds;
 use super::rope::{RopeTables, YarnParams};
 
@@ -74,20 +78,6 @@ impl<D: Clone + PartialEq> LayerPlacement<D> {
     pub fn head(&self) -> &D {
         &self.head
     }
-
-    /// The distinct devices, in order of first use.
-    pub fn distinct(&self) -> Vec<D> {
-        let mut out: Vec<D> = Vec::new();
-        for d in std::iter::once(&self.embed)
-            .chain(&self.layers)
-            .chain(std::iter::once(&self.head))
-        {
-            if !out.contains(d) {
-                out.push(d.clone());
-            }
-        }
-        out
-    }
 }
 
 /// `layers` cut into `parts` contiguous ranges of equal size (the first ones one layer longer when
@@ -119,6 +109,22 @@ pub fn moved<B: Backend, const D: usize, K: BasicOps<B>>(
     } else {
         x.to_device(device)
     }
+}
+
+/// Runs `layers` from `x`, moving it onto each layer's device (the forward of a contiguous range
+/// of decoder layers, placed or not).
+pub fn forward_layers<B: LoraLinearBackend>(
+    layers: &[DecoderLayer<B>],
+    mut x: Tensor<B, 3>,
+    rope: &mut RopeByDevice<B>,
+    positions: &PositionIds,
+    mode: ForwardMode,
+) -> Result<Tensor<B, 3>> {
+    for layer in layers {
+        let on = layer.device();
+        x = layer.forward(moved(x, &on), rope.on(&on), positions, mode)?;
+    }
+    Ok(x)
 }
 
 /// The rotary tables of one pass, built once per device that needs them.
@@ -163,9 +169,8 @@ mod tests {
         let p = LayerPlacement::stages(&[0..2, 2..5], &['a', 'b'], 5).unwrap();
         assert_eq!((0..5).map(|l| *p.layer(l)).collect::<String>(), "aabbb");
         assert_eq!((*p.embed(), *p.head()), ('a', 'b'));
-        assert_eq!(p.distinct(), vec!['a', 'b']);
         let single = LayerPlacement::single(&'c', 3);
-        assert_eq!(single.distinct(), vec!['c']);
+        assert_eq!((*single.layer(2), *single.head()), ('c', 'c'));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use kernels::ops::{LoraLinearBackend, RoutingBackend};
 use super::batch::Batch;
 use super::recompute::{forward_keeping_inputs, head_grad, recompute_backward, LoraGrads};
 use super::step::{GradSum, StepGrads};
-use crate::model::placement::{moved, RopeByDevice};
+use crate::model::placement::{forward_layers, moved, RopeByDevice};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
 type Inner<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 3>;
@@ -220,11 +220,7 @@ where
                     RopeByDevice::new(&model.model.rope, model.model.head_dim, &positions);
                 let leaf = Tensor::<B, 3>::from_inner(moved(x, &device));
                 let leaf = if first { leaf } else { leaf.require_grad() };
-                let mut h = leaf.clone();
-                for layer in own {
-                    let on = layer.device();
-                    h = layer.forward(moved(h, &on), rope.on(&on), &positions, mode)?;
-                }
+                let h = forward_layers(own, leaf.clone(), &mut rope, &positions, mode)?;
                 (h.clone().inner(), Saved::Graph(leaf, h))
             }
         };
