@@ -7,11 +7,13 @@
 //! loopback (`--nnodes 2`) train what one process with two replicas trains (the same sum in the
 //! same order: bit for bit in most runs; checked within the data-parallel tolerance).
 
+mod cli_support;
 mod data_support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use cli_support::{adapter_tensors as adapter, copy_dir, max_rel_diff};
 use data_support::{fixtures, tiny_base};
 
 /// Largest relative L2 difference `‖a − b‖ / ‖a‖` of any adapter tensor allowed between a
@@ -74,47 +76,6 @@ fn ok(o: &Output) {
         "lora-qat failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let vals = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (k, vals)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// The largest relative L2 difference `‖a − b‖ / ‖a‖` over the adapter's tensors (f64 sums).
-fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
-    assert_eq!(
-        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
-        b.iter().map(|t| &t.0).collect::<Vec<_>>()
-    );
-    a.iter()
-        .zip(b)
-        .map(|((name, x), (_, y))| {
-            let norm = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            let diff = x
-                .iter()
-                .zip(y)
-                .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            assert!(diff.is_finite(), "{name}");
-            diff / norm.max(1e-30)
-        })
-        .fold(0f64, f64::max)
 }
 
 fn losses(dir: &Path) -> Vec<f64> {
@@ -197,14 +158,6 @@ fn several_devices_train_the_adapter_one_device_trains() {
                 "{run}: losses {a:?} vs {b:?}"
             );
         }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::plan::DeviceKind;
+use crate::train::trainable::OptimizerPlace;
 use crate::train::config::TrainConfig;
 use crate::train::nodes::NodeSpec;
 use crate::train::setup::{setup, Layout};
@@ -49,6 +50,11 @@ macro_rules! flags {
             /// `HOST:PORT` where node 0 listens for the other nodes.
             #[arg(long = "master-addr", visible_alias = "master_addr")]
             pub master_addr: Option<String>,
+            /// Where the LoRA factors and AdamW state live: `host` (the exact torch-CPU AdamW;
+            /// default with `--device cpu`) or `device` (beside each layer on its device, no
+            /// gradient or factor crosses to the host; default on a GPU).
+            #[arg(long = "optimizer-on", visible_alias = "optimizer_on")]
+            pub optimizer_on: Option<crate::train::trainable::OptimizerPlace>,
             /// Seconds to wait for the other nodes when starting.
             #[arg(long = "node-timeout", visible_alias = "node_timeout", default_value_t = 600)]
             pub node_timeout: u64,
@@ -210,6 +216,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         } else {
             DeviceKind::Gpu
         },
+        optimizer: args.optimizer_on.unwrap_or(if args.device.is_cpu() {
+            OptimizerPlace::Host
+        } else {
+            OptimizerPlace::Device
+        }),
     };
     let s = setup(cfg, layout)?;
     log_plan(&s, &args.device);

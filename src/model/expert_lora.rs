@@ -22,25 +22,45 @@ pub struct ExpertLora<B: Backend> {
 }
 
 impl<B: Backend> ExpertLora<B> {
-    /// Splits PEFT's stacked `A [r·E, in]` (expert-major) and `B [out, r·E]` (rank-major) into
-    /// trainable per-expert pairs on `device` (the adapter's own per-expert slicing).
+    /// Splits PEFT's stacked `A [r·E, in]` (expert-major) and `B [out, r·E]` (rank-major) of a
+    /// host adapter into trainable per-expert pairs on `device` ([`Self::from_tensors`]).
     pub fn from_stacked(
         stacked: &adapters::ExpertLora<'_>,
         key: String,
         device: &B::Device,
     ) -> Self {
-        let (r, inp, out) = (stacked.r, stacked.in_features, stacked.out_features);
-        let param = |values: Vec<f32>, shape: [usize; 2]| {
-            Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
-        };
+        let (r, e, inp, out) = (
+            stacked.r,
+            stacked.experts,
+            stacked.in_features,
+            stacked.out_features,
+        );
+        let a = Tensor::from_data(TensorData::new(stacked.a.to_vec(), [r * e, inp]), device);
+        let b = Tensor::from_data(TensorData::new(stacked.b.to_vec(), [out, r * e]), device);
+        Self::from_tensors(a, b, e, stacked.scale, key)
+    }
+
+    /// Splits stacked `A [r·E, in]` and `B [out, r·E]` (PEFT's layout, where they are) into
+    /// trainable per-expert pairs: `A_e` = rows `e·r..(e+1)·r`, `B_e[o, j]` = `B[o, j·E + e]`.
+    /// The inverse of [`stack_a`] / [`stack_b`].
+    pub fn from_tensors(
+        a: Tensor<B, 2>,
+        b: Tensor<B, 2>,
+        experts: usize,
+        scale: f32,
+        key: String,
+    ) -> Self {
+        let r = a.dims()[0] / experts.max(1);
+        let out = b.dims()[0];
+        let b = b.reshape([out, r, experts]);
         Self {
-            lora_a: (0..stacked.experts)
-                .map(|e| param(stacked.expert_a(e).to_vec(), [r, inp]))
+            lora_a: (0..experts)
+                .map(|e| Param::from_tensor(a.clone().narrow(0, e * r, r)))
                 .collect(),
-            lora_b: (0..stacked.experts)
-                .map(|e| param(stacked.expert_b(e), [out, r]))
+            lora_b: (0..experts)
+                .map(|e| Param::from_tensor(b.clone().narrow(2, e, 1).reshape([out, r])))
                 .collect(),
-            scale: stacked.scale,
+            scale,
             key,
         }
     }

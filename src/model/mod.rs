@@ -20,6 +20,7 @@ pub mod layer;
 pub mod linear;
 pub mod load;
 pub mod lora;
+pub mod lora_values;
 pub mod loss;
 pub mod mask;
 pub mod mlp;

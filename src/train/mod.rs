@@ -1,9 +1,10 @@
 //! `lora-qat train`: LoRA-QAT fine-tuning. The trainable state is the adapter, keyed by PEFT
-//! tensor names (host f32), with its AdamW moments; the frozen base stays packed and
+//! tensor names (f32, on the host or on the devices: `trainable`), with its AdamW moments; the frozen base stays packed and
 //! memory-mapped and never enters an optimizer or a checkpoint.
 
 pub mod batch;
 pub mod clip;
+pub mod clip_device;
 pub mod config;
 pub mod eval;
 pub mod nodes;
@@ -18,4 +19,5 @@ pub mod setup;
 pub mod state;
 pub mod step;
 pub mod targets;
+pub mod trainable;
 pub mod trainer;

@@ -343,6 +343,7 @@ pub fn run_fingerprint(
         "start_step": start_step,
         "devices": layout.devices,
         "stages": layout.stages,
+        "optimizer": layout.optimizer,
     });
     let digest = Sha256::digest(serde_json::to_vec(&what)?);
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())

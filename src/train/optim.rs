@@ -37,7 +37,10 @@ use anyhow::{bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+mod device;
 mod kernel;
+
+pub use device::DeviceAdamW;
 
 use kernel::{update, Coeffs};
 
@@ -366,7 +369,6 @@ impl AdamW {
     }
 }
 
-/// A flat f32 tensor for `safetensors::serialize_to_file`; bytes are made one tensor at a time.
 #[cfg(test)]
 mod tests {
     use super::*;

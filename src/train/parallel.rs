@@ -10,9 +10,10 @@
 //!
 //! A step's micro-batches are sharded by rank (micro-batch `i` goes to replica `i mod R`); each
 //! replica runs in its own thread and weighs its micro-batches by the whole step's counted tokens,
-//! so the all-reduce (a sum in rank order, [`all_reduce`]) is the step's gradient. Parameters and
-//! the AdamW state stay one copy on the host (updated once per step, then loaded into every
-//! replica), so checkpoints are written once and a run resumes on any device count.
+//! so the all-reduce (a sum in rank order on replica 0's devices, [`all_reduce`]) is the step's
+//! gradient. Parameters and the AdamW state are one copy (on the host, or beside replica 0's
+//! layers: [`super::trainable`]), updated once per step and then loaded into every replica, so
+//! checkpoints are written once and a run resumes on any device count.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use kernels::ops::LoraLinearBackend;
 use super::batch::Batch;
 use super::config::TrainConfig;
 use super::pipeline::pipelined_grads;
-use super::step::{all_reduce, share_grads, StepGrads};
+use super::step::{all_reduce, share_grads, DeviceGrads};
 use crate::checkpoint::{Checkpoint, GptOssConfig};
 use crate::model::{ForwardMode, GptOssForCausalLM, LayerPlacement};
 use crate::plan::{memory::ModelMemory, strategy, DeviceKind, Devices, PlanOptions};
@@ -130,10 +131,29 @@ where
         Ok(Self { models, ..self })
     }
 
+    /// Every replica's LoRA factors replaced by `values` (PEFT name -> stacked tensor, as the
+    /// optimizer on the devices keeps them), each moved to its layer's device.
+    pub fn with_lora_values(
+        self,
+        values: &std::collections::BTreeMap<String, burn::tensor::Tensor<B::InnerBackend, 2>>,
+    ) -> Result<Self> {
+        let values: std::collections::BTreeMap<String, burn::tensor::Tensor<B, 2>> = values
+            .iter()
+            .map(|(k, t)| (k.clone(), burn::tensor::Tensor::from_inner(t.clone())))
+            .collect();
+        let models = self
+            .models
+            .into_iter()
+            .map(|m| m.with_lora_values(&values))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { models, ..self })
+    }
+
     /// This node's share of the step's gradient over `batches` (every node's micro-batches):
     /// micro-batch `i` goes to global replica `i mod global`, of which this node holds
     /// `first..first + R`; the replicas run in parallel threads and their shares are summed in
-    /// rank order. With one node (`first` 0, `global` R) that is the step's gradient.
+    /// rank order on replica 0's devices. With one node (`first` 0, `global` R) that is the
+    /// step's gradient.
     pub fn step_grads(
         &self,
         batches: &[Batch],
@@ -141,7 +161,7 @@ where
         global: usize,
         mode: ForwardMode,
         checkpointing: bool,
-    ) -> Result<StepGrads> {
+    ) -> Result<DeviceGrads<B::InnerBackend>> {
         let total: usize = batches.iter().map(Batch::counted).sum();
         let r = self.models.len();
         let shards: Vec<Vec<&Batch>> = (0..r)
@@ -180,7 +200,7 @@ where
         total: usize,
         mode: ForwardMode,
         checkpointing: bool,
-    ) -> Result<StepGrads> {
+    ) -> Result<DeviceGrads<B::InnerBackend>> {
         match self.ranges.len() {
             1 => share_grads(model, shard, total, mode, checkpointing),
             _ => pipelined_grads(model, &self.ranges, shard, total, mode, checkpointing),

@@ -11,7 +11,6 @@
 //! is the order the sequential step adds them in: the result is bit-identical to
 //! [`super::step::share_grads`].
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::mpsc::{channel, Receiver, Sender};
 
@@ -23,7 +22,7 @@ use kernels::ops::{LoraLinearBackend, RoutingBackend};
 
 use super::batch::Batch;
 use super::recompute::{forward_keeping_inputs, head_grad, recompute_backward, LoraGrads};
-use super::step::{GradSum, StepGrads};
+use super::step::DeviceGrads;
 use crate::model::placement::{forward_layers, moved, RopeByDevice};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
@@ -43,11 +42,7 @@ enum Saved<B: AutodiffBackend> {
 }
 
 /// One stage's part of the step.
-struct StageOut<B: AutodiffBackend> {
-    grads: GradSum<B::InnerBackend>,
-    loss: f64,
-    counted: usize,
-}
+type StageOut<B> = DeviceGrads<<B as AutodiffBackend>::InnerBackend>;
 
 /// A stage's place in the pipeline.
 struct Stage<B: AutodiffBackend> {
@@ -69,7 +64,7 @@ pub fn pipelined_grads<B>(
     total: usize,
     mode: ForwardMode,
     checkpointing: bool,
-) -> Result<StepGrads>
+) -> Result<DeviceGrads<B::InnerBackend>>
 where
     B: AutodiffBackend + LoraLinearBackend,
     B::InnerBackend: LoraLinearBackend,
@@ -145,15 +140,9 @@ where
     {
         bail!("{e:#}");
     }
-    let mut out = StepGrads {
-        grads: BTreeMap::new(),
-        loss: 0.0,
-        counted: 0,
-    };
+    let mut out = DeviceGrads::empty();
     for st in results.into_iter().flatten() {
-        out.grads.extend(st.grads.into_host()?);
-        out.loss += st.loss;
-        out.counted += st.counted;
+        out.add(st);
     }
     Ok(out)
 }
@@ -191,11 +180,7 @@ where
     let own_frozen = &frozen.model.layers[st.layers.clone()];
     let device = own[0].device();
     let (first, i) = (st.index == 0, st.index);
-    let mut out = StageOut::<B> {
-        grads: GradSum::default(),
-        loss: 0.0,
-        counted: 0,
-    };
+    let mut out = StageOut::<B>::empty();
     let mut pending = Vec::new();
     for batch in batches {
         let positions = PositionIds::from_i64(&batch.positions, batch.batch, batch.seq)?;

@@ -27,6 +27,8 @@ pub struct Layout {
     pub stages: usize,
     /// GPU or CPU (how experts are deployed, for the layer split).
     pub kind: crate::plan::DeviceKind,
+    /// Where the LoRA factors and the optimizer state live.
+    pub optimizer: super::trainable::OptimizerPlace,
 }
 
 impl Layout {
@@ -37,6 +39,7 @@ impl Layout {
             devices: 1,
             stages: 1,
             kind: crate::plan::DeviceKind::Cpu,
+            optimizer: super::trainable::OptimizerPlace::Host,
         }
     }
 

@@ -1,8 +1,8 @@
 //! One optimizer step's gradients: the micro-batches' losses, each weighted by its share of the
 //! step's counted tokens (the mean over every counted token of the step, as transformers ≥ 4.46
 //! normalizes with `num_items_in_batch`), backward (whole graph, or layer by layer with
-//! recomputation under gradient checkpointing), and the LoRA gradients summed on the host, keyed
-//! by PEFT name.
+//! recomputation under gradient checkpointing), and the LoRA gradients summed where they were
+//! computed, keyed by PEFT name ([`DeviceGrads`]; [`StepGrads`] is their host copy).
 
 use std::collections::BTreeMap;
 
@@ -10,14 +10,14 @@ use anyhow::{bail, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use kernels::ops::LoraLinearBackend;
 
 use super::batch::Batch;
 use super::recompute::{checkpointed_grads, BatchGrads};
 use crate::model::{ForwardMode, GptOssForCausalLM, PositionIds};
 
-/// The summed gradients and the step's mean loss.
+/// The summed gradients and the step's mean loss, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepGrads {
     /// PEFT name -> gradient (stacked like PEFT's tensors).
@@ -57,7 +57,8 @@ where
 }
 
 /// Forward and backward over `batches`; batches with no counted token are left out. With
-/// `checkpointing`, each decoder layer is recomputed in backward ([`checkpointed_grads`]).
+/// `checkpointing`, each decoder layer is recomputed in backward ([`checkpointed_grads`]). The
+/// sums are read to the host.
 pub fn step_grads<B>(
     model: &GptOssForCausalLM<B>,
     batches: &[Batch],
@@ -70,20 +71,20 @@ where
 {
     let total: usize = batches.iter().map(Batch::counted).sum();
     let all: Vec<&Batch> = batches.iter().collect();
-    share_grads(model, &all, total, mode, checkpointing)
+    share_grads(model, &all, total, mode, checkpointing)?.into_host()
 }
 
 /// One replica's share of a step: [`step_grads`] over `batches`, each weighted by its counted
 /// tokens over `total`, the counted tokens of the whole step (every replica's batches), so that
 /// the replicas' sums add up to the step's gradient. `loss` is this share's part of the step's
-/// mean loss and `counted` its counted tokens.
+/// mean loss and `counted` its counted tokens. The gradients stay on the devices of their layers.
 pub fn share_grads<B>(
     model: &GptOssForCausalLM<B>,
     batches: &[&Batch],
     total: usize,
     mode: ForwardMode,
     checkpointing: bool,
-) -> Result<StepGrads>
+) -> Result<DeviceGrads<B::InnerBackend>>
 where
     B: AutodiffBackend + LoraLinearBackend,
     B::InnerBackend: LoraLinearBackend,
@@ -105,15 +106,90 @@ where
         loss_sum += value * weight;
         grads.add(batch_grads);
     }
-    Ok(StepGrads {
-        grads: grads.into_host()?,
+    Ok(DeviceGrads {
+        grads,
         loss: loss_sum,
         counted,
     })
 }
 
+/// The summed gradients of a step (or of one replica's or stage's share of it) where they were
+/// computed, with the loss and counted tokens.
+#[derive(Debug)]
+pub struct DeviceGrads<B: Backend> {
+    /// PEFT name -> gradient (stacked like PEFT's tensors), each on its layer's device.
+    pub grads: GradSum<B>,
+    /// This share's part of the step's mean loss.
+    pub loss: f64,
+    /// Counted tokens.
+    pub counted: usize,
+}
+
+impl<B: Backend> DeviceGrads<B> {
+    /// Nothing yet.
+    pub fn empty() -> Self {
+        Self {
+            grads: GradSum::default(),
+            loss: 0.0,
+            counted: 0,
+        }
+    }
+
+    /// Adds `other` (another replica's or stage's share): losses and counts summed, each
+    /// gradient added to this one's of the same name on this one's device.
+    pub fn add(&mut self, other: Self) {
+        self.loss += other.loss;
+        self.counted += other.counted;
+        self.grads.merge(other.grads);
+    }
+
+    /// The host copy.
+    pub fn into_host(self) -> Result<StepGrads> {
+        Ok(StepGrads {
+            grads: self.grads.into_host()?,
+            loss: self.loss,
+            counted: self.counted,
+        })
+    }
+
+    /// Runs `f` on the host copy (e.g. the all-reduce across nodes) and puts its result back on
+    /// the devices, in the shapes the gradients had; `f` must return the same tensors.
+    pub fn through_host(self, f: impl FnOnce(StepGrads) -> Result<StepGrads>) -> Result<Self> {
+        let places: BTreeMap<String, ([usize; 2], B::Device)> = self
+            .grads
+            .sums
+            .iter()
+            .map(|(k, t)| (k.clone(), (t.dims(), t.device())))
+            .collect();
+        let host = f(self.into_host()?)?;
+        let mut sums = BTreeMap::new();
+        for (name, values) in host.grads {
+            let Some((shape, device)) = places.get(&name) else {
+                bail!("{name}: a gradient the step did not compute");
+            };
+            if values.len() != shape[0] * shape[1] {
+                bail!(
+                    "{name}: {} gradient values for a {shape:?} tensor",
+                    values.len()
+                );
+            }
+            let t = Tensor::from_data(TensorData::new(values, *shape), device);
+            sums.insert(name, t);
+        }
+        if let Some(name) = places.keys().find(|k| !sums.contains_key(*k)) {
+            bail!("{name}: its gradient was lost on the way through the host");
+        }
+        Ok(Self {
+            grads: GradSum { sums },
+            loss: host.loss,
+            counted: host.counted,
+        })
+    }
+}
+
 /// LoRA gradients summed per PEFT name where they were computed (the device), micro-batch after
 /// micro-batch (`acc + g`, the f32 sum the host would do), and read to the host once.
+#[derive(Debug)]
 pub struct GradSum<B: Backend> {
     sums: BTreeMap<String, Tensor<B, 2>>,
 }
@@ -139,6 +215,26 @@ impl<B: Backend> GradSum<B> {
         }
     }
 
+    /// Adds another sum's gradients to this one's of the same name (moved to this one's
+    /// device; names only in `other` are taken as they are).
+    pub fn merge(&mut self, other: GradSum<B>) {
+        for (name, grad) in other.sums {
+            let sum = match self.sums.remove(&name) {
+                Some(acc) => {
+                    let device = acc.device();
+                    acc + grad.to_device(&device)
+                }
+                None => grad,
+            };
+            self.sums.insert(name, sum);
+        }
+    }
+
+    /// The sums by PEFT name.
+    pub fn into_map(self) -> BTreeMap<String, Tensor<B, 2>> {
+        self.sums
+    }
+
     /// The sums on the host, by PEFT name.
     pub fn into_host(self) -> Result<BTreeMap<String, Vec<f32>>> {
         self.sums
@@ -155,28 +251,13 @@ impl<B: Backend> GradSum<B> {
 }
 
 /// The all-reduce of the replicas' shares, in rank order (deterministic): gradients summed per
-/// PEFT name (each tensor one buffer: an expert projection's factors are stacked), losses and
-/// counted tokens summed.
-pub fn all_reduce(shares: Vec<StepGrads>) -> StepGrads {
+/// PEFT name on the devices of replica 0's (each tensor one buffer: an expert projection's
+/// factors are stacked), losses and counted tokens summed.
+pub fn all_reduce<B: Backend>(shares: Vec<DeviceGrads<B>>) -> DeviceGrads<B> {
     let mut shares = shares.into_iter();
-    let Some(mut out) = shares.next() else {
-        return StepGrads {
-            grads: BTreeMap::new(),
-            loss: 0.0,
-            counted: 0,
-        };
-    };
+    let mut out = shares.next().unwrap_or_else(DeviceGrads::empty);
     for share in shares {
-        out.loss += share.loss;
-        out.counted += share.counted;
-        for (name, g) in share.grads {
-            match out.grads.get_mut(&name) {
-                Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, h)| *a += h),
-                None => {
-                    out.grads.insert(name, g);
-                }
-            }
-        }
+        out.add(share);
     }
     out
 }

@@ -1,13 +1,12 @@
 //! The training run: data, adapter, model, then optimizer steps with logs, evals and checkpoints.
 //! Generic over the autodiff backend (CPU `Autodiff<Flex>`; CUDA in `cuda` builds).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use adapters::provenance::{self, Provenance, PROVENANCE_FILE, SIGNATURES_FILE};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,7 +14,6 @@ use kernels::ops::LoraLinearBackend;
 use serde_json::json;
 
 use super::batch::{collate, Batch};
-use super::clip::{clip_grad_norm, global_grad_norm};
 use super::config::{QuantCfg, TrainConfig};
 use super::eval::eval_loss;
 use super::nodes::{run_fingerprint, NodeGroup};
@@ -25,6 +23,8 @@ use super::report;
 use super::schedule::{LrSchedule, MinLr, ScheduleConfig};
 use super::setup::Setup;
 use super::state::{self, TrainerState, OPTIMIZER_FILE, STATE_FILE};
+use super::step::StepGrads;
+use super::trainable::{Stepped, Trainable};
 use crate::data::Sampler;
 use crate::model::{ForwardMode, GptOssForCausalLM, GradPath, QuantMode};
 
@@ -38,23 +38,6 @@ pub struct Outcome {
     pub output_dir: PathBuf,
     /// Stopped by Ctrl-C before `max_steps`.
     pub interrupted: bool,
-}
-
-/// Host copy of the trainable tensors: PEFT name -> (shape, values).
-type Params = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-fn params_of(adapter: &adapters::LoraAdapter) -> Params {
-    adapter
-        .tensors()
-        .map(|(k, s, d)| (k.to_string(), (s.to_vec(), d.to_vec())))
-        .collect()
-}
-
-fn adapter_of(config: &adapters::AdapterConfig, params: &Params) -> Result<adapters::LoraAdapter> {
-    let parts = params
-        .iter()
-        .map(|(k, (s, d))| (k.clone(), s.clone(), d.clone()));
-    adapters::LoraAdapter::from_parts(config.clone(), parts).context("rebuilding the adapter")
 }
 
 /// Runs training on backend `B` over `devices` (rank order; `setup.layout` says how they are cut
@@ -90,17 +73,17 @@ where
         eps: cfg.adam_epsilon,
         weight_decay: cfg.weight_decay,
     };
-    let (mut params, mut adamw, mut st) = match &resume {
+    let (start, adamw, mut st) = match &resume {
         Some(dir) => {
             let a = adapters::LoraAdapter::load(dir)
                 .with_context(|| format!("resuming from {}", dir.display()))?;
             let opt = AdamW::load(&dir.join(OPTIMIZER_FILE), opt_cfg)?;
             let st = TrainerState::load(&dir.join(STATE_FILE))?;
             tracing::info!("resuming from {} (step {})", dir.display(), st.global_step);
-            (params_of(&a), opt, st)
+            (a, opt, st)
         }
         None => (
-            params_of(&initial),
+            initial,
             AdamW::new(opt_cfg)?,
             TrainerState {
                 max_steps: total_steps,
@@ -131,8 +114,11 @@ where
         devices.len(),
         layout.devices
     );
-    let mut replicas = Replicas::<B>::new(&ckpt, devices, stages)?
-        .with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
+    let mut replicas =
+        Replicas::<B>::new(&ckpt, devices, stages)?.with_adapter(&start, &base_config)?;
+    let mut trainable = Trainable::new(layout.optimizer, &start, adamw, replicas.first())?;
+    drop(start);
+    tracing::info!("LoRA factors and AdamW state on the {:?}", layout.optimizer);
     if devices.len() > 1 {
         tracing::info!(
             "{} devices: {} data-parallel replica(s) of {} stage(s), layers per stage {:?}",
@@ -264,7 +250,7 @@ where
                 last_good()
             )
         };
-        let mut g = replicas
+        let g = replicas
             .step_grads(
                 &batches,
                 first_replica,
@@ -273,84 +259,40 @@ where
                 cfg.gradient_checkpointing,
             )
             .with_context(stopped)?;
-        if let Some(group) = group.as_mut() {
-            g = group.all_reduce(step + 1, g).with_context(stopped)?;
-        }
         let lr = schedule.lr_at(step);
-        let names: Vec<String> = params.keys().cloned().collect();
-        for n in &names {
-            g.grads
-                .entry(n.clone())
-                .or_insert_with(|| vec![0.0; params[n].1.len()]);
-        }
-        if g.grads.len() != params.len() {
-            bail!(
-                "step {}: gradients for {} tensors, the adapter has {}",
-                step + 1,
-                g.grads.len(),
-                params.len()
-            );
-        }
-        let grad_norm = {
-            // both maps are sorted by name: the views line up with `names`
-            let mut views: Vec<&mut [f32]> = g.grads.values_mut().map(Vec::as_mut_slice).collect();
-            if cfg.max_grad_norm > 0.0 {
-                clip_grad_norm(&mut views, cfg.max_grad_norm)?
-            } else {
-                global_grad_norm(&views.iter().map(|v| &**v).collect::<Vec<_>>())
-            }
+        let multi_node = group.is_some();
+        let mut reduce = |h| match group.as_mut() {
+            Some(group) => group.all_reduce(step + 1, h),
+            None => Ok(h),
         };
-        if !g.loss.is_finite() || !grad_norm.is_finite() {
-            let last = state::checkpoints(&output_dir)?.pop();
-            bail!(
-                "step {}: non-finite {} ({}); training stopped. The last good checkpoint is {}",
-                step + 1,
-                if g.loss.is_finite() {
-                    "gradient norm"
-                } else {
-                    "loss"
-                },
-                if g.loss.is_finite() {
-                    grad_norm as f64
-                } else {
-                    g.loss
-                },
-                last.map_or("none (no checkpoint was saved yet)".into(), |(_, p)| p
-                    .display()
-                    .to_string())
-            );
-        }
-        {
-            let mut views: Vec<(&str, &mut [f32])> = params
-                .iter_mut()
-                .map(|(k, (_, v))| (k.as_str(), v.as_mut_slice()))
-                .collect();
-            let grads: Vec<&[f32]> = names.iter().map(|n| g.grads[n].as_slice()).collect();
-            adamw.step(lr, &mut views, &grads)?;
-        }
-        if let Some((name, _)) = params
-            .iter()
-            .find(|(_, (_, v))| v.iter().any(|x| !x.is_finite()))
-        {
-            bail!(
-                "step {}: the update made {name} non-finite (learning rate {lr}); training stopped. \
-                 The last good checkpoint is {}",
-                step + 1,
-                last_good()
-            );
-        }
-        replicas = replicas.with_adapter(&adapter_of(&adapter_config, &params)?, &base_config)?;
+        let reduce: Option<&mut dyn FnMut(StepGrads) -> Result<StepGrads>> = match multi_node {
+            true => Some(&mut reduce),
+            false => None,
+        };
+        let Stepped {
+            loss,
+            counted,
+            grad_norm,
+        } = trainable
+            .update(g, reduce, lr, cfg.max_grad_norm)
+            .map_err(|e| {
+                anyhow!(
+                    "step {}: {e:#}; training stopped. The last good checkpoint is {}",
+                    step + 1,
+                    last_good()
+                )
+            })?;
+        replicas = trainable.load_into(replicas, &adapter_config, &base_config)?;
         st.global_step += 1;
-        st.num_trained_tokens += g.counted;
+        st.num_trained_tokens += counted;
         st.data_position = sampler.position();
         st.epoch = st.global_step as f64 / steps_per_epoch.max(1) as f64;
-        window_loss += g.loss;
+        window_loss += loss;
         window_steps += 1;
         bar.set_position(st.global_step as u64);
         let tokens_per_s = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!(
-            "loss {:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {tokens_per_s:.0} tok/s",
-            g.loss
+            "loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {tokens_per_s:.0} tok/s"
         ));
 
         if st.global_step % cfg.logging_steps == 0 || st.global_step == total_steps {
@@ -379,9 +321,8 @@ where
         if leader && ((save_every > 0 && st.global_step % save_every == 0) || interrupted) {
             save_checkpoint(
                 &output_dir,
-                &adapter_config,
-                &params,
-                &adamw,
+                &trainable.adapter(&adapter_config)?,
+                &*trainable.optimizer()?,
                 &st,
                 cfg.save_total_limit,
                 &provenance,
@@ -409,8 +350,7 @@ where
     finish(
         &output_dir,
         &cfg,
-        &adapter_config,
-        &params,
+        &trainable.adapter(&adapter_config)?,
         &st,
         &coverage,
         interrupted,
@@ -440,8 +380,7 @@ fn provenance_at(run: &Provenance, origin: &str, st: &TrainerState) -> Provenanc
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     dir: &Path,
-    config: &adapters::AdapterConfig,
-    params: &Params,
+    adapter: &adapters::LoraAdapter,
     adamw: &AdamW,
     st: &TrainerState,
     limit: Option<usize>,
@@ -452,7 +391,7 @@ fn save_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    adapter_of(config, params)?.save(&tmp, false)?;
+    adapter.save(&tmp, false)?;
     adamw.save(&tmp.join(OPTIMIZER_FILE))?;
     st.save(&tmp.join(STATE_FILE))?;
     provenance::seal(&tmp, &mut provenance_at(run, "checkpoint", st))?;
@@ -471,8 +410,7 @@ fn save_checkpoint(
 fn finish(
     dir: &Path,
     cfg: &TrainConfig,
-    config: &adapters::AdapterConfig,
-    params: &Params,
+    adapter: &adapters::LoraAdapter,
     st: &TrainerState,
     coverage: &str,
     interrupted: bool,
@@ -514,7 +452,7 @@ fn finish(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    adapter_of(config, params)?.save(&tmp, false)?;
+    adapter.save(&tmp, false)?;
     std::fs::write(tmp.join("README.md"), card)
         .with_context(|| format!("cannot write {}/README.md", tmp.display()))?;
     provenance::seal(&tmp, &mut prov.clone())?;

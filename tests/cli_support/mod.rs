@@ -87,3 +87,45 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The tensors of `dir/adapter_model.safetensors`, sorted by name.
+pub fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let vals = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (k, vals)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The largest relative L2 difference `‖a − b‖ / ‖a‖` over the adapter's tensors (f64 sums).
+pub fn max_rel_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f64 {
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(b)
+        .map(|((name, x), (_, y))| {
+            let norm = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(diff.is_finite(), "{name}");
+            diff / norm.max(1e-30)
+        })
+        .fold(0f64, f64::max)
+}

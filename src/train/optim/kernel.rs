@@ -13,15 +13,15 @@ const CHUNK: usize = 1 << 14;
 /// kernel takes them).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Coeffs {
-    decay: f32,
-    lerp_small: bool,
-    lerp_w: f32,
-    lerp_w_minus_1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bc2_sqrt: f32,
-    eps: f32,
-    neg_step_size: f32,
+    pub(super) decay: f32,
+    pub(super) lerp_small: bool,
+    pub(super) lerp_w: f32,
+    pub(super) lerp_w_minus_1: f32,
+    pub(super) beta2: f32,
+    pub(super) one_minus_beta2: f32,
+    pub(super) bc2_sqrt: f32,
+    pub(super) eps: f32,
+    pub(super) neg_step_size: f32,
 }
 
 impl Coeffs {
