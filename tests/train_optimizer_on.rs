@@ -61,7 +61,12 @@ fn the_device_optimizer_trains_what_the_host_optimizer_trains() {
         .unwrap();
         let resumed = trained(
             &part,
-            &["--optimizer-on", place, "--resume-from-checkpoint", "latest"],
+            &[
+                "--optimizer-on",
+                place,
+                "--resume-from-checkpoint",
+                "latest",
+            ],
         );
         let rel = max_rel_diff(&adapter_tensors(whole), &adapter_tensors(&resumed));
         eprintln!("resumed from step 2 on the {place}: max relative L2 {rel:.3e}");

@@ -9,10 +9,10 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::plan::DeviceKind;
-use crate::train::trainable::OptimizerPlace;
 use crate::train::config::TrainConfig;
 use crate::train::nodes::NodeSpec;
 use crate::train::setup::{setup, Layout};
+use crate::train::trainable::OptimizerPlace;
 use crate::train::trainer;
 
 /// Declares the flags that map one-to-one onto recipe keys.

@@ -23,7 +23,10 @@ fn take<B: Backend>(
         .get(key)
         .with_context(|| format!("{key}: no value given for this LoRA factor"))?;
     if t.dims() != shape {
-        bail!("{key}: value of shape {:?}, the factor is {shape:?}", t.dims());
+        bail!(
+            "{key}: value of shape {:?}, the factor is {shape:?}",
+            t.dims()
+        );
     }
     Ok(t.clone().to_device(device))
 }
@@ -37,12 +40,7 @@ impl<B: Backend> GptOssForCausalLM<B> {
         for layer in self.model.layers.iter_mut() {
             let device = layer.device();
             let a = &mut layer.self_attn;
-            for module in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-            ] {
+            for module in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
                 let Some(old) = module.lora.take() else {
                     continue;
                 };

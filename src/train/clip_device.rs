@@ -59,7 +59,9 @@ pub fn clip_grad_norm_device<B: Backend>(
 
 /// The first tensor (by name) holding a NaN or an infinity, with one transfer for all of them
 /// (`sum(t · 0)` is 0 exactly when every value is finite).
-pub fn first_non_finite<B: Backend>(tensors: &BTreeMap<String, Tensor<B, 2>>) -> Result<Option<String>> {
+pub fn first_non_finite<B: Backend>(
+    tensors: &BTreeMap<String, Tensor<B, 2>>,
+) -> Result<Option<String>> {
     let flags = per_tensor(tensors, |t| t.mul_scalar(0.0).sum())?;
     Ok(tensors
         .keys()
@@ -89,13 +91,20 @@ mod tests {
     fn clips_like_the_host_and_finds_non_finite_tensors() {
         let mut g = map(&[("a", vec![3.0, 0.0]), ("b", vec![0.0, 4.0])]);
         assert_eq!(clip_grad_norm_device(&mut g, 0.0).unwrap(), 5.0);
-        assert_eq!(g["a"].clone().into_data().to_vec::<f32>().unwrap(), [3.0, 0.0]);
+        assert_eq!(
+            g["a"].clone().into_data().to_vec::<f32>().unwrap(),
+            [3.0, 0.0]
+        );
         assert_eq!(clip_grad_norm_device(&mut g, 1.0).unwrap(), 5.0);
         let coef = clip_coef(5.0, 1.0);
         let b = g["b"].clone().into_data().to_vec::<f32>().unwrap();
         assert_eq!(b, [0.0, 4.0 * coef]);
         assert_eq!(first_non_finite(&g).unwrap(), None);
-        let bad = map(&[("a", vec![1.0]), ("b", vec![f32::INFINITY]), ("c", vec![f32::NAN])]);
+        let bad = map(&[
+            ("a", vec![1.0]),
+            ("b", vec![f32::INFINITY]),
+            ("c", vec![f32::NAN]),
+        ]);
         assert_eq!(first_non_finite(&bad).unwrap().as_deref(), Some("b"));
         assert!(!global_grad_norm_device(&bad).unwrap().is_finite());
     }

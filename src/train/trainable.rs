@@ -59,7 +59,10 @@ pub struct Stepped {
 /// The LoRA factors and their optimizer state, on the host or on the devices (`B` is the
 /// backend the gradients are computed on, without autodiff).
 pub enum Trainable<B: Backend> {
-    Host { params: Params, adamw: AdamW },
+    Host {
+        params: Params,
+        adamw: AdamW,
+    },
     Device {
         params: BTreeMap<String, Tensor<B, 2>>,
         adamw: DeviceAdamW<B>,
@@ -116,7 +119,9 @@ impl<B: Backend> Trainable<B> {
                     g = reduce(g)?;
                 }
                 for (n, (_, v)) in params.iter() {
-                    g.grads.entry(n.clone()).or_insert_with(|| vec![0.0; v.len()]);
+                    g.grads
+                        .entry(n.clone())
+                        .or_insert_with(|| vec![0.0; v.len()]);
                 }
                 check_names(g.grads.len(), params.len())?;
                 // both maps are sorted by name: the views line up with `params`

@@ -180,8 +180,9 @@ mod tests {
 
     /// Largest elementwise difference of the device update from the host kernel, relative to the
     /// parameter's scale, after several steps: the moments differ only by the rounding of the
-    /// two unfused multiply-adds (~1 ulp), which AdamW's `m / sqrt(v)` carries to the update.
-    const REL_TOL: f32 = 1e-6;
+    /// two unfused multiply-adds (~1 ulp), which AdamW's `m / sqrt(v)` carries to the update
+    /// (measured 7.5e-7).
+    const REL_TOL: f32 = 4e-6;
 
     fn tensors(
         rng: &mut rand_chacha::ChaCha8Rng,
@@ -190,16 +191,25 @@ mod tests {
         shapes
             .iter()
             .map(|&(n, s)| {
-                let v = (0..s[0] * s[1]).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let v = (0..s[0] * s[1])
+                    .map(|_| rng.gen_range(-1.0f32..1.0))
+                    .collect();
                 (n.to_string(), (v, s))
             })
             .collect()
     }
 
-    fn upload(host: &BTreeMap<String, (Vec<f32>, [usize; 2])>) -> BTreeMap<String, Tensor<Flex, 2>> {
+    fn upload(
+        host: &BTreeMap<String, (Vec<f32>, [usize; 2])>,
+    ) -> BTreeMap<String, Tensor<Flex, 2>> {
         let dev = Default::default();
         host.iter()
-            .map(|(k, (v, s))| (k.clone(), Tensor::from_data(TensorData::new(v.clone(), *s), &dev)))
+            .map(|(k, (v, s))| {
+                (
+                    k.clone(),
+                    Tensor::from_data(TensorData::new(v.clone(), *s), &dev),
+                )
+            })
             .collect()
     }
 
@@ -241,7 +251,10 @@ mod tests {
             let back = dev.to_host().unwrap();
             assert_eq!(back.steps(), 6);
             assert_eq!(back.state("a").unwrap().step, 6);
-            let again = DeviceAdamW::from_host(&back, &dev_p).unwrap().to_host().unwrap();
+            let again = DeviceAdamW::from_host(&back, &dev_p)
+                .unwrap()
+                .to_host()
+                .unwrap();
             assert_eq!(again, back);
         }
     }
@@ -251,10 +264,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let p = tensors(&mut rng, &[("a", [2, 3])]);
         let mut dp = upload(&p);
-        let mut dev = DeviceAdamW::from_host(&AdamW::new(Default::default()).unwrap(), &dp).unwrap();
+        let mut dev =
+            DeviceAdamW::from_host(&AdamW::new(Default::default()).unwrap(), &dp).unwrap();
         let wrong = upload(&tensors(&mut rng, &[("a", [3, 2])]));
         let e = dev.step(1e-3, &mut dp, &wrong).unwrap_err().to_string();
-        assert!(e.contains("a: parameter is [2, 3] but its gradient [3, 2]"), "{e}");
+        assert!(
+            e.contains("a: parameter is [2, 3] but its gradient [3, 2]"),
+            "{e}"
+        );
         let other = upload(&tensors(&mut rng, &[("b", [2, 3])]));
         let e = dev.step(1e-3, &mut dp, &other).unwrap_err().to_string();
         assert!(e.contains("a: no gradient"), "{e}");
@@ -262,10 +279,14 @@ mod tests {
         // state for a tensor the adapter does not have
         let mut host = AdamW::new(Default::default()).unwrap();
         let mut hp = p.clone();
-        let mut views: Vec<(&str, &mut [f32])> =
-            hp.iter_mut().map(|(k, (v, _))| (k.as_str(), v.as_mut_slice())).collect();
+        let mut views: Vec<(&str, &mut [f32])> = hp
+            .iter_mut()
+            .map(|(k, (v, _))| (k.as_str(), v.as_mut_slice()))
+            .collect();
         host.step(1e-3, &mut views, &[&[0.5; 6]]).unwrap();
-        let e = DeviceAdamW::from_host(&host, &other).unwrap_err().to_string();
+        let e = DeviceAdamW::from_host(&host, &other)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optimizer state for a"), "{e}");
     }
 }
