@@ -272,7 +272,7 @@ fn train_equals_serve() {
             ("o_proj", &a.o_proj),
         ] {
             let Some(lora) = &p.lora else { continue };
-            let base_w = BaseWeight::Dense(p.weight.val());
+            let base_w = BaseWeight::Dense(p.weight_f32());
             let wq = quantized_weight(&base_w, Some(&lora.as_lora()), Quantizer::Bf16, &dev)
                 .unwrap()
                 .into_data()

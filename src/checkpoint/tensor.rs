@@ -118,6 +118,24 @@ impl Checkpoint {
         Ok(out)
     }
 
+    /// The values of a BF16 tensor as they are stored, row-major.
+    pub fn bf16_values(&self, name: &str) -> Result<Vec<half::bf16>> {
+        let t = self.tensor_of(name, Dtype::BF16)?;
+        let (pairs, rest) = t.bytes.as_chunks::<2>();
+        if !rest.is_empty() || pairs.len() != t.numel() {
+            bail!(
+                "{}: tensor `{name}`: {} bytes for {} bf16 values",
+                t.file.display(),
+                t.bytes.len(),
+                t.numel()
+            );
+        }
+        Ok(pairs
+            .iter()
+            .map(|p| half::bf16::from_bits(u16::from_le_bytes(*p)))
+            .collect())
+    }
+
     /// The raw bytes of a U8 tensor (MXFP4 blocks or scales).
     pub fn u8_bytes(&self, name: &str) -> Result<&[u8]> {
         Ok(self.tensor_of(name, Dtype::U8)?.bytes)

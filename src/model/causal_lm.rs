@@ -294,6 +294,6 @@ impl<B: LoraLinearBackend + ChunkedCeBackend> GptOssForCausalLM<B> {
         anyhow::ensure!(chunk >= 1, "the chunk size must be at least 1 row");
         let (rows, targets) = counted_targets(labels, batch, seq, self.vocab_size())?;
         let hidden = self.hidden_at(ids, positions, mode)?;
-        counted_rows_loss(hidden, self.lm_head.weight.val(), rows, &targets, chunk)
+        counted_rows_loss(hidden, self.lm_head.weight_f32(), rows, &targets, chunk)
     }
 }

@@ -4,7 +4,9 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-/// `model.embed_tokens`: `weight [vocab, hidden]`, frozen.
+use super::storage::as_f32;
+
+/// `model.embed_tokens`: `weight [vocab, hidden]`, frozen (bf16 where the device supports it).
 #[derive(Module, Debug)]
 pub struct Embedding<B: Backend> {
     /// `[vocab, hidden]`.
@@ -23,14 +25,13 @@ impl<B: Backend> Embedding<B> {
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = ids.dims();
         let [_, hidden] = self.weight.dims();
-        self.weight
-            .val()
-            .select(0, ids.reshape([batch * seq]))
-            .reshape([batch, seq, hidden])
+        let rows = self.weight.val().select(0, ids.reshape([batch * seq]));
+        as_f32(rows).reshape([batch, seq, hidden])
     }
 }
 
-/// `lm_head`: `weight [vocab, hidden]`, no bias, frozen (untied from the embedding).
+/// `lm_head`: `weight [vocab, hidden]`, no bias, frozen (untied from the embedding; bf16 where
+/// the device supports it).
 #[derive(Module, Debug)]
 pub struct LmHead<B: Backend> {
     /// `[vocab, hidden]`.
@@ -45,12 +46,17 @@ impl<B: Backend> LmHead<B> {
         }
     }
 
+    /// The weight in f32 (widened when stored as bf16).
+    pub fn weight_f32(&self) -> Tensor<B, 2> {
+        as_f32(self.weight.val())
+    }
+
     /// `[batch, seq, hidden] -> [batch, seq, vocab]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
         let [vocab, _] = self.weight.dims();
         x.reshape([batch * seq, hidden])
-            .matmul(self.weight.val().transpose())
+            .matmul(self.weight_f32().transpose())
             .reshape([batch, seq, vocab])
     }
 }

@@ -13,7 +13,7 @@ use super::mode::ForwardMode;
 /// `nn.Linear`-shaped projection with an optional LoRA adapter.
 #[derive(Module, Debug)]
 pub struct LoraLinear<B: Backend> {
-    /// `[out, in]`, frozen (bf16 values held in f32).
+    /// `[out, in]`, frozen (bf16, or bf16 values held in f32 where the device has no bf16).
     pub weight: Param<Tensor<B, 2>>,
     /// `[out]`, frozen.
     pub bias: Option<Param<Tensor<B, 1>>>,
@@ -35,12 +35,17 @@ impl<B: Backend> LoraLinear<B> {
     pub fn shape(&self) -> [usize; 2] {
         self.weight.dims()
     }
+
+    /// The weight in f32 (widened when stored as bf16).
+    pub fn weight_f32(&self) -> Tensor<B, 2> {
+        super::storage::as_f32(self.weight.val())
+    }
 }
 
 impl<B: LoraLinearBackend> LoraLinear<B> {
     /// `x [n, in] -> [n, out]`: `x · Q(W + s·B·A)ᵀ + b`, Q = bf16 under QAT when adapted.
     pub fn forward(&self, x: Tensor<B, 2>, mode: ForwardMode) -> anyhow::Result<Tensor<B, 2>> {
-        let base = BaseWeight::Dense(self.weight.val());
+        let base = BaseWeight::Dense(self.weight_f32());
         let lora = self.lora.as_ref().map(LoraPair::as_lora);
         let quant = mode.attention_quantizer(lora.is_some());
         mode.linear(

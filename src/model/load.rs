@@ -25,6 +25,7 @@ use super::placement::LayerPlacement;
 use super::rms_norm::RmsNorm;
 use super::rope::YarnParams;
 use super::router::Router;
+use super::storage::stored;
 use crate::checkpoint::{names, Checkpoint, ExpertProj, GptOssConfig, LayerType};
 
 /// A BF16 checkpoint tensor decoded to f32 on `device`, with its rank checked.
@@ -41,6 +42,23 @@ fn dense<B: Backend, const D: usize>(
     );
     let values = ckpt.bf16_to_f32(name)?;
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// A BF16 checkpoint matrix held in the device's storage dtype for frozen matrices (bf16 where
+/// supported, [`super::storage`]), with its rank checked.
+fn stored_dense<B: Backend>(
+    ckpt: &Checkpoint,
+    name: &str,
+    device: &B::Device,
+) -> anyhow::Result<Tensor<B, 2>> {
+    let shape = ckpt.tensor(name)?.shape.to_vec();
+    let [rows, cols] = shape[..] else {
+        anyhow::bail!(
+            "{}: tensor `{name}` has shape {shape:?}, expected rank 2",
+            ckpt.dir().display()
+        );
+    };
+    Ok(stored(ckpt.bf16_values(name)?, [rows, cols], device))
 }
 
 /// The model's rotary parameters from the checkpoint config.
@@ -69,7 +87,7 @@ fn attention<B: Backend>(
     let c = ckpt.config();
     let proj = |p: &str| -> anyhow::Result<LoraLinear<B>> {
         Ok(LoraLinear::new(
-            dense(ckpt, &names::attn_weight(l, p), device)?,
+            stored_dense(ckpt, &names::attn_weight(l, p), device)?,
             Some(dense(ckpt, &names::attn_bias(l, p), device)?),
         ))
     };
@@ -163,13 +181,13 @@ impl<B: Backend> GptOssForCausalLM<B> {
         let (embed, head) = (placement.embed(), placement.head());
         Ok(Self {
             model: GptOssModel {
-                embed_tokens: Embedding::new(dense(&ckpt, names::EMBED_TOKENS, embed)?),
+                embed_tokens: Embedding::new(stored_dense(&ckpt, names::EMBED_TOKENS, embed)?),
                 layers,
                 norm: RmsNorm::new(dense(&ckpt, names::FINAL_NORM, head)?, c.rms_norm_eps),
                 rope: yarn_params(&c),
                 head_dim: c.head_dim,
             },
-            lm_head: LmHead::new(dense(&ckpt, names::LM_HEAD, head)?),
+            lm_head: LmHead::new(stored_dense(&ckpt, names::LM_HEAD, head)?),
         })
     }
 

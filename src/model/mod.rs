@@ -32,6 +32,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod router;
 pub mod sdpa;
+pub mod storage;
 pub mod swiglu;
 
 pub use causal_lm::{CausalLmOutput, GptOssForCausalLM, GptOssModel};

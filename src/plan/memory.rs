@@ -6,8 +6,11 @@
 //!
 //! - packed experts: `E·out·(in/32)·(16 + 1)` bytes per projection (blocks + scale bytes, as stored;
 //!   uploaded once and kept, `kernels::gpu::resident`);
-//! - non-expert weights: stored BF16, held by the model as **f32** tensors ("bf16 values held in
-//!   f32", `model::linear`), so the f32 copies (4 B/param) are what is counted;
+//! - non-expert weights: the matrices (`embed_tokens`, `lm_head`, attention q/k/v/o) held as the
+//!   checkpoint's BF16 (2 B/param, `model::storage`; CUDA and the CPU have bf16 tensors), the
+//!   vectors (norms, biases, sinks) and the router as f32 (4 B/param). A projection widens its
+//!   matrix to f32 for its op, and the layer's graph keeps that copy (`4·(Q·H + 2·KV·H + H·Q)` in
+//!   `saved`); the head widens `lm_head` for the loss (`4·V·H`, transient on the last stage);
 //! - LoRA: f32 parameter, gradient, AdamW `m` and `v` = 16 B per parameter;
 //! - activations saved by a layer's graph (f32, estimated from the op sequence in `model::*` and
 //!   the custom ops' saved state in `kernels::ops::*`): the two RMSNorms keep input and normalized
@@ -67,6 +70,8 @@ pub struct LayerMemory {
     pub experts_packed: u64,
     /// Non-expert parameters (norms, attention, sinks, router, expert biases).
     pub non_expert_params: u64,
+    /// Of those, the attention matrices (q, k, v, o weights), held in bf16.
+    pub bf16_params: u64,
     /// LoRA parameters.
     pub lora_params: u64,
     /// Activations the layer's autodiff graph keeps for backward.
@@ -91,6 +96,8 @@ pub struct ModelMemory {
     pub embed_params: u64,
     /// `lm_head` and final norm parameters.
     pub head_params: u64,
+    /// `lm_head` widened to f32 for the loss: `4·V·H`.
+    pub head_wide: u64,
     /// Final norm input/output and the loss' row statistics.
     pub head_activations: u64,
     /// RoPE cos/sin tables `[T, head_dim]` each, shared by the layers.
@@ -165,6 +172,7 @@ impl ModelMemory {
                     .map(|(o, n_in)| e * r * (o + n_in))
                     .sum();
                 let o_adapted = tg.attention.iter().any(|p| p == "o_proj");
+                let attn_matrices = q * h + 2 * kv * h + h * q;
                 let saved_elems = 4 * t * h
                     + t * (2 * q + 2 * kv + heads)
                     + r * t * tg.attention.len() as u64
@@ -175,7 +183,8 @@ impl ModelMemory {
                     + if adapted("down_proj") { n * i } else { 0 }
                     + 6 * n * i
                     + n * h
-                    + n;
+                    + n
+                    + attn_matrices;
                 let deploy = tg
                     .experts
                     .iter()
@@ -209,6 +218,7 @@ impl ModelMemory {
                         + heads
                         + (e * h + e)
                         + e * (2 * i + h),
+                    bf16_params: attn_matrices,
                     lora_params: lora_attn + lora_exp,
                     saved: saved_elems * F32 + 16 * n,
                     input: t * h * F32,
@@ -223,6 +233,7 @@ impl ModelMemory {
             layers,
             embed_params: v * h,
             head_params: v * h + h,
+            head_wide: v * h * F32,
             head_activations: (2 * t * h + 2 * t) * F32,
             rope_tables: 2 * t * c.head_dim as u64 * F32,
             chunk_rows,
@@ -247,6 +258,10 @@ impl ModelMemory {
         let params = sum(|l| l.non_expert_params)
             + if first { self.embed_params } else { 0 }
             + if last { self.head_params } else { 0 };
+        // embed_tokens and lm_head are matrices too
+        let bf16_params = sum(|l| l.bf16_params)
+            + if first { self.embed_params } else { 0 }
+            + if last { self.head_wide / F32 } else { 0 };
         let mut activations = Vec::new();
         if checkpointing {
             activations.push(Part::new("layer inputs [T, H] f32", sum(|l| l.input)));
@@ -272,6 +287,7 @@ impl ModelMemory {
                 "cross-entropy chunk (logits + grad)",
                 self.ce_chunks,
             ));
+            transient.push(Part::new("lm_head widened to f32", self.head_wide));
         }
         if pipelined {
             transient.push(Part::new(
@@ -283,7 +299,7 @@ impl ModelMemory {
         let mut b = Breakdown {
             experts_packed: sum(|l| l.experts_packed),
             non_expert_bf16: params * 2,
-            non_expert_f32: params * F32,
+            non_expert_held: bf16_params * 2 + (params - bf16_params) * F32,
             lora_params,
             lora_state: lora_params * LORA_BYTES_PER_PARAM,
             activations: activations.iter().map(|p| p.bytes).sum(),
@@ -292,7 +308,7 @@ impl ModelMemory {
             transient_parts: transient,
             total: 0,
         };
-        b.total = b.experts_packed + b.non_expert_f32 + b.lora_state + b.activations + b.transient;
+        b.total = b.experts_packed + b.non_expert_held + b.lora_state + b.activations + b.transient;
         b
     }
 }
@@ -322,8 +338,8 @@ pub struct Breakdown {
     pub experts_packed: u64,
     /// Non-expert weights as the checkpoint stores them (BF16; informational, not in `total`).
     pub non_expert_bf16: u64,
-    /// The f32 copies the model computes with (counted in `total`).
-    pub non_expert_f32: u64,
+    /// As the model holds them: bf16 matrices, f32 vectors and router (counted in `total`).
+    pub non_expert_held: u64,
     /// LoRA parameters held.
     pub lora_params: u64,
     /// LoRA parameter + gradient + AdamW m + v, f32.
@@ -345,7 +361,7 @@ impl Breakdown {
     pub fn dominant(&self) -> (&'static str, u64) {
         [
             ("packed experts", self.experts_packed),
-            ("non-expert weights (f32)", self.non_expert_f32),
+            ("non-expert weights", self.non_expert_held),
             ("LoRA + AdamW state", self.lora_state),
             ("activations", self.activations),
             ("transient buffers", self.transient),

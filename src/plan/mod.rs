@@ -352,15 +352,13 @@ fn refusal(
         ),
     }
     if let Some(f) = &fullest {
-        // AdamW m and v are half of the 16 B/param LoRA state; bf16 weights halve the f32 copies
+        // AdamW m and v are half of the 16 B/param LoRA state
         let optimizer = f.lora_state / 2;
-        let weights = f.non_expert_f32.saturating_sub(f.non_expert_bf16);
-        let leaner = f.total.saturating_sub(optimizer + weights);
+        let leaner = f.total.saturating_sub(optimizer);
         tips.push(format!(
-            "AdamW moments on the host (-{}) and non-expert weights kept in bf16 on the device (-{}) \
-             would make the fullest device need {}: {}",
+            "AdamW moments on the host (`train --optimizer-on host`, -{}) would make the fullest \
+             device need {}: {}",
             gb(optimizer),
-            gb(weights),
             gb(leaner),
             match leaner <= usable {
                 true => "fits".to_string(),

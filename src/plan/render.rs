@@ -15,8 +15,11 @@ fn gb(b: u64) -> String {
 fn rows(b: &Breakdown) -> [(&'static str, String); 6] {
     [
         ("packed experts (MXFP4 blocks+scales)", gb(b.experts_packed)),
-        ("non-expert weights (f32 copies)", gb(b.non_expert_f32)),
-        ("  [as stored, bf16; not counted]", gb(b.non_expert_bf16)),
+        ("non-expert weights (bf16 matrices)", gb(b.non_expert_held)),
+        (
+            "  [as stored, all bf16; not counted]",
+            gb(b.non_expert_bf16),
+        ),
         ("LoRA param+grad+AdamW m,v (f32)", gb(b.lora_state)),
         ("activations", gb(b.activations)),
         ("transient buffers", gb(b.transient)),

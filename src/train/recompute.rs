@@ -68,7 +68,7 @@ where
     let top = Tensor::<B, 3>::from_inner(moved(top, &model.head_device())).require_grad();
     let hidden = model.model.norm.forward(top.clone());
     let chunk = default_chunk_rows(model.vocab_size());
-    let loss = counted_rows_loss(hidden, model.lm_head.weight.val(), rows, &targets, chunk)?.loss;
+    let loss = counted_rows_loss(hidden, model.lm_head.weight_f32(), rows, &targets, chunk)?.loss;
     let value: f64 = loss.clone().into_scalar().elem();
     let g = loss.mul_scalar(weight).backward();
     let upstream = top
