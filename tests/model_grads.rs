@@ -33,6 +33,17 @@ fn check(path: GradPath) {
     assert!(layer.self_attn.q_proj.weight.val().grad(&grads).is_none());
     assert!(layer.mlp.router.weight.val().grad(&grads).is_none());
     assert!(model.lm_head.weight.val().grad(&grads).is_none());
+    // the frozen matrices are held as the checkpoint's bf16 on the CPU backend (and the loss and
+    // gradients above still match the golden: widening to f32 is exact)
+    let bf16 = burn::tensor::DType::BF16;
+    assert_eq!(layer.self_attn.q_proj.weight.val().dtype(), bf16);
+    assert_eq!(layer.self_attn.o_proj.weight.val().dtype(), bf16);
+    assert_eq!(model.lm_head.weight.val().dtype(), bf16);
+    assert_eq!(model.model.embed_tokens.weight.val().dtype(), bf16);
+    assert_eq!(
+        layer.mlp.router.weight.val().dtype(),
+        burn::tensor::DType::F32
+    );
     let got = model.lora_grads(&grads);
     let expected = golden
         .f32s

@@ -150,6 +150,10 @@ impl<B: Backend> GptOssForCausalLM<B> {
         placement: &LayerPlacement<B::Device>,
     ) -> anyhow::Result<Self> {
         let c = ckpt.config().clone();
+        tracing::debug!(
+            "non-expert matrices held as {:?}",
+            super::storage::dense_dtype::<B>(placement.embed())
+        );
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let device = placement.layer(l);

@@ -43,3 +43,27 @@ pub fn as_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
         _ => t.cast(FloatDType::F32),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn bf16_is_held_as_bf16_and_widens_exactly() {
+        let dev = Default::default();
+        let values: Vec<bf16> = [1.0f32, -0.3, 3.4e38, 1e-40, f32::INFINITY, 0.1]
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        assert_eq!(dense_dtype::<Flex>(&dev), DType::BF16);
+        let t = stored::<Flex, 2>(values.clone(), [2, 3], &dev);
+        assert_eq!(t.dtype(), DType::BF16);
+        let wide = as_f32(t).into_data().to_vec::<f32>().unwrap();
+        let want: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(
+            wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
