@@ -44,12 +44,12 @@ fn dense<B: Backend, const D: usize>(
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
-/// A BF16 checkpoint matrix held in the device's storage dtype for frozen matrices (bf16 where
-/// supported, [`super::storage`]), with its rank checked.
+/// A BF16 checkpoint matrix held as `dtype` ([`super::storage`]), with its rank checked.
 fn stored_dense<B: Backend>(
     ckpt: &Checkpoint,
     name: &str,
     device: &B::Device,
+    dtype: burn::tensor::DType,
 ) -> anyhow::Result<Tensor<B, 2>> {
     let shape = ckpt.tensor(name)?.shape.to_vec();
     let [rows, cols] = shape[..] else {
@@ -58,7 +58,7 @@ fn stored_dense<B: Backend>(
             ckpt.dir().display()
         );
     };
-    Ok(stored(ckpt.bf16_values(name)?, [rows, cols], device))
+    Ok(stored(ckpt.bf16_values(name)?, [rows, cols], device, dtype))
 }
 
 /// The model's rotary parameters from the checkpoint config.
@@ -83,11 +83,12 @@ fn attention<B: Backend>(
     ckpt: &Checkpoint,
     l: usize,
     device: &B::Device,
+    matrices: burn::tensor::DType,
 ) -> anyhow::Result<Attention<B>> {
     let c = ckpt.config();
     let proj = |p: &str| -> anyhow::Result<LoraLinear<B>> {
         Ok(LoraLinear::new(
-            stored_dense(ckpt, &names::attn_weight(l, p), device)?,
+            stored_dense(ckpt, &names::attn_weight(l, p), device, matrices)?,
             Some(dense(ckpt, &names::attn_bias(l, p), device)?),
         ))
     };
@@ -135,9 +136,10 @@ fn expert_projection<B: Backend>(
     Ok(ExpertProjection::new(packed, bias))
 }
 
-impl<B: Backend> GptOssForCausalLM<B> {
+impl<B: kernels::ops::DeployBackend> GptOssForCausalLM<B> {
     /// The base model of `ckpt` on `device`: attention, router, norms, embedding and head as frozen
-    /// f32 tensors (bf16 values); experts stay packed in the checkpoint's memory map.
+    /// tensors (the matrices in the backend's [`dense_storage`](kernels::ops::DeployBackend::dense_storage),
+    /// the rest f32); experts stay packed in the checkpoint's memory map.
     pub fn from_checkpoint(ckpt: Arc<Checkpoint>, device: &B::Device) -> anyhow::Result<Self> {
         let layers = ckpt.config().num_hidden_layers;
         Self::from_checkpoint_placed(ckpt, &LayerPlacement::single(device, layers))
@@ -149,11 +151,21 @@ impl<B: Backend> GptOssForCausalLM<B> {
         ckpt: Arc<Checkpoint>,
         placement: &LayerPlacement<B::Device>,
     ) -> anyhow::Result<Self> {
+        let dense = B::dense_storage(placement.embed());
+        tracing::debug!("non-expert matrices held as {dense:?}");
+        Self::from_checkpoint_stored(ckpt, placement, dense)
+    }
+}
+
+impl<B: Backend> GptOssForCausalLM<B> {
+    /// [`from_checkpoint_placed`](Self::from_checkpoint_placed) with the frozen matrices
+    /// (embedding, `lm_head`, attention q/k/v/o) held as `matrices` (BF16 or F32: the same values).
+    pub fn from_checkpoint_stored(
+        ckpt: Arc<Checkpoint>,
+        placement: &LayerPlacement<B::Device>,
+        matrices: burn::tensor::DType,
+    ) -> anyhow::Result<Self> {
         let c = ckpt.config().clone();
-        tracing::debug!(
-            "non-expert matrices held as {:?}",
-            super::storage::dense_dtype::<B>(placement.embed())
-        );
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let device = placement.layer(l);
@@ -172,7 +184,7 @@ impl<B: Backend> GptOssForCausalLM<B> {
                     dense(&ckpt, &names::input_layernorm(l), device)?,
                     c.rms_norm_eps,
                 ),
-                self_attn: attention(&ckpt, l, device)
+                self_attn: attention(&ckpt, l, device, matrices)
                     .with_context(|| format!("layer {l} attention"))?,
                 post_attention_layernorm: RmsNorm::new(
                     dense(&ckpt, &names::post_attention_layernorm(l), device)?,
@@ -185,13 +197,18 @@ impl<B: Backend> GptOssForCausalLM<B> {
         let (embed, head) = (placement.embed(), placement.head());
         Ok(Self {
             model: GptOssModel {
-                embed_tokens: Embedding::new(stored_dense(&ckpt, names::EMBED_TOKENS, embed)?),
+                embed_tokens: Embedding::new(stored_dense(
+                    &ckpt,
+                    names::EMBED_TOKENS,
+                    embed,
+                    matrices,
+                )?),
                 layers,
                 norm: RmsNorm::new(dense(&ckpt, names::FINAL_NORM, head)?, c.rms_norm_eps),
                 rope: yarn_params(&c),
                 head_dim: c.head_dim,
             },
-            lm_head: LmHead::new(stored_dense(&ckpt, names::LM_HEAD, head)?),
+            lm_head: LmHead::new(stored_dense(&ckpt, names::LM_HEAD, head, matrices)?),
         })
     }
 

@@ -1,7 +1,8 @@
 //! How the frozen non-expert matrices (the embedding, `lm_head`, the attention projections) are
-//! held: as the checkpoint's own BF16 values where the device supports bf16 tensors (half the
-//! bytes of f32: 3.6 GB instead of 7.2 GB for gpt-oss-20b), else as f32. Every use computes in
-//! f32 ([`as_f32`]); widening bf16 to f32 is exact, so the results are the same bits either way.
+//! held: as the checkpoint's own BF16 values where the backend widens bf16 cheaply
+//! (`DeployBackend::dense_storage`: a CUDA device with bf16 tensors; half the bytes of f32, 3.6 GB
+//! instead of 7.2 GB for gpt-oss-20b), else as f32 (the CPU backend). Every use computes in f32
+//! ([`as_f32`]); widening bf16 to f32 is exact, so the results are the same bits either way.
 //! The embedding widens only the rows it gathers; a projection or the head widens its matrix
 //! for the op that uses it (the op's graph keeps that copy while it needs it).
 
@@ -9,22 +10,15 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorCreationOptions, TensorData};
 use half::bf16;
 
-/// The dtype frozen matrices are stored in on `device`: BF16 where the backend supports it for
-/// storage and arithmetic, else F32.
-pub fn dense_dtype<B: Backend>(device: &B::Device) -> DType {
-    match B::supports_dtype(device, DType::BF16) {
-        true => DType::BF16,
-        false => DType::F32,
-    }
-}
-
-/// A matrix of bf16 values (the checkpoint's) on `device`, stored in [`dense_dtype`].
+/// A matrix of bf16 values (the checkpoint's) on `device`, held as `dtype` (BF16, or F32 for
+/// the exactly widened values).
 pub fn stored<B: Backend, const D: usize>(
     values: Vec<bf16>,
     shape: [usize; D],
     device: &B::Device,
+    dtype: DType,
 ) -> Tensor<B, D> {
-    match dense_dtype::<B>(device) {
+    match dtype {
         DType::BF16 => Tensor::from_data(
             TensorData::new(values, shape),
             TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
@@ -56,14 +50,15 @@ mod tests {
             .iter()
             .map(|&v| bf16::from_f32(v))
             .collect();
-        assert_eq!(dense_dtype::<Flex>(&dev), DType::BF16);
-        let t = stored::<Flex, 2>(values.clone(), [2, 3], &dev);
+        let t = stored::<Flex, 2>(values.clone(), [2, 3], &dev, DType::BF16);
         assert_eq!(t.dtype(), DType::BF16);
         let wide = as_f32(t).into_data().to_vec::<f32>().unwrap();
         let want: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
-        assert_eq!(
-            wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&wide), bits(&want));
+        // held as f32: the same values
+        let f = stored::<Flex, 2>(values, [2, 3], &dev, DType::F32);
+        assert_eq!(f.dtype(), DType::F32);
+        assert_eq!(bits(&f.into_data().to_vec::<f32>().unwrap()), bits(&want));
     }
 }

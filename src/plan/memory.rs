@@ -6,11 +6,11 @@
 //!
 //! - packed experts: `E·out·(in/32)·(16 + 1)` bytes per projection (blocks + scale bytes, as stored;
 //!   uploaded once and kept, `kernels::gpu::resident`);
-//! - non-expert weights: the matrices (`embed_tokens`, `lm_head`, attention q/k/v/o) held as the
-//!   checkpoint's BF16 (2 B/param, `model::storage`; CUDA and the CPU have bf16 tensors), the
-//!   vectors (norms, biases, sinks) and the router as f32 (4 B/param). A projection widens its
-//!   matrix to f32 for its op, and the layer's graph keeps that copy (`4·(Q·H + 2·KV·H + H·Q)` in
-//!   `saved`); the head widens `lm_head` for the loss (`4·V·H`, transient on the last stage);
+//! - non-expert weights: on a GPU the matrices (`embed_tokens`, `lm_head`, attention q/k/v/o) are
+//!   held as the checkpoint's BF16 (2 B/param, `model::storage`), the vectors (norms, biases,
+//!   sinks) and the router as f32 (4 B/param); a projection widens its matrix to f32 for its op,
+//!   and the layer's graph keeps that copy (`4·(Q·H + 2·KV·H + H·Q)` in `saved`); the head widens
+//!   `lm_head` for the loss (`4·V·H`, transient on the last stage). The CPU holds them all in f32;
 //! - LoRA: f32 parameter, gradient, AdamW `m` and `v` = 16 B per parameter;
 //! - activations saved by a layer's graph (f32, estimated from the op sequence in `model::*` and
 //!   the custom ops' saved state in `kernels::ops::*`): the two RMSNorms keep input and normalized
@@ -96,8 +96,12 @@ pub struct ModelMemory {
     pub embed_params: u64,
     /// `lm_head` and final norm parameters.
     pub head_params: u64,
-    /// `lm_head` widened to f32 for the loss: `4·V·H`.
+    /// Of those, the final norm's.
+    pub head_norm: u64,
+    /// `lm_head` widened to f32 for the loss: `4·V·H` on a GPU (0 on the CPU, which holds f32).
     pub head_wide: u64,
+    /// The matrices are held in bf16 (a GPU; the CPU holds them in f32).
+    pub matrices_bf16: bool,
     /// Final norm input/output and the loss' row statistics.
     pub head_activations: u64,
     /// RoPE cos/sin tables `[T, head_dim]` each, shared by the layers.
@@ -173,6 +177,11 @@ impl ModelMemory {
                     .sum();
                 let o_adapted = tg.attention.iter().any(|p| p == "o_proj");
                 let attn_matrices = q * h + 2 * kv * h + h * q;
+                // on a GPU each projection's op works on its matrix widened from bf16
+                let widened = match w.kind {
+                    DeviceKind::Gpu => attn_matrices,
+                    DeviceKind::Cpu => 0,
+                };
                 let saved_elems = 4 * t * h
                     + t * (2 * q + 2 * kv + heads)
                     + r * t * tg.attention.len() as u64
@@ -184,7 +193,7 @@ impl ModelMemory {
                     + 6 * n * i
                     + n * h
                     + n
-                    + attn_matrices;
+                    + widened;
                 let deploy = tg
                     .experts
                     .iter()
@@ -233,7 +242,12 @@ impl ModelMemory {
             layers,
             embed_params: v * h,
             head_params: v * h + h,
-            head_wide: v * h * F32,
+            head_norm: h,
+            head_wide: match w.kind {
+                DeviceKind::Gpu => v * h * F32,
+                DeviceKind::Cpu => 0,
+            },
+            matrices_bf16: w.kind == DeviceKind::Gpu,
             head_activations: (2 * t * h + 2 * t) * F32,
             rope_tables: 2 * t * c.head_dim as u64 * F32,
             chunk_rows,
@@ -259,9 +273,18 @@ impl ModelMemory {
             + if first { self.embed_params } else { 0 }
             + if last { self.head_params } else { 0 };
         // embed_tokens and lm_head are matrices too
-        let bf16_params = sum(|l| l.bf16_params)
-            + if first { self.embed_params } else { 0 }
-            + if last { self.head_wide / F32 } else { 0 };
+        let bf16_params = match self.matrices_bf16 {
+            true => {
+                sum(|l| l.bf16_params)
+                    + if first { self.embed_params } else { 0 }
+                    + if last {
+                        self.head_params - self.head_norm
+                    } else {
+                        0
+                    }
+            }
+            false => 0,
+        };
         let mut activations = Vec::new();
         if checkpointing {
             activations.push(Part::new("layer inputs [T, H] f32", sum(|l| l.input)));
@@ -287,7 +310,9 @@ impl ModelMemory {
                 "cross-entropy chunk (logits + grad)",
                 self.ce_chunks,
             ));
-            transient.push(Part::new("lm_head widened to f32", self.head_wide));
+            if self.head_wide > 0 {
+                transient.push(Part::new("lm_head widened to f32", self.head_wide));
+            }
         }
         if pipelined {
             transient.push(Part::new(

@@ -94,6 +94,20 @@ impl AdamWConfig {
     }
 }
 
+/// The checks every step starts with (host or device): a usable learning rate and as many
+/// gradients as parameters.
+fn check_step(lr: f64, params: usize, grads: usize) -> Result<()> {
+    ensure!(
+        lr.is_finite() && lr >= 0.0,
+        "learning rate {lr}: must be finite and >= 0"
+    );
+    ensure!(
+        params == grads,
+        "optimizer step: {params} parameters but {grads} gradients"
+    );
+    Ok(())
+}
+
 /// One tensor's optimizer state (torch's `state[p]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamState {
@@ -159,16 +173,7 @@ impl AdamW {
         params: &mut [(&str, &mut [f32])],
         grads: &[&[f32]],
     ) -> Result<()> {
-        ensure!(
-            lr.is_finite() && lr >= 0.0,
-            "learning rate {lr}: must be finite and >= 0"
-        );
-        ensure!(
-            params.len() == grads.len(),
-            "optimizer step: {} parameters but {} gradients",
-            params.len(),
-            grads.len()
-        );
+        check_step(lr, params.len(), grads.len())?;
         let mut seen = HashSet::with_capacity(params.len());
         for ((name, p), g) in params.iter().zip(grads) {
             ensure!(

@@ -77,11 +77,27 @@ pub fn checkpoint() -> Arc<Checkpoint> {
     Arc::new(Checkpoint::open(&fixture().join("base")).expect("fixture base opens"))
 }
 
-/// The base model, with the fixture's PEFT adapter when `adapter`.
-pub fn model<B: Backend>(adapter: bool, device: &B::Device) -> GptOssForCausalLM<B> {
+/// The base model (frozen matrices held as the backend holds them), with the fixture's PEFT
+/// adapter when `adapter`.
+pub fn model<B: kernels::ops::DeployBackend>(
+    adapter: bool,
+    device: &B::Device,
+) -> GptOssForCausalLM<B> {
+    model_stored(adapter, device, B::dense_storage(device))
+}
+
+/// [`model`] with the frozen matrices held as `dense` (BF16 or F32).
+pub fn model_stored<B: Backend>(
+    adapter: bool,
+    device: &B::Device,
+    dense: burn::tensor::DType,
+) -> GptOssForCausalLM<B> {
     let ckpt = checkpoint();
     let config = ckpt.config().clone();
-    let m = GptOssForCausalLM::<B>::from_checkpoint(ckpt, device).expect("model loads");
+    let layers = config.num_hidden_layers;
+    let placement = lora_qat::model::LayerPlacement::single(device, layers);
+    let m = GptOssForCausalLM::<B>::from_checkpoint_stored(ckpt, &placement, dense)
+        .expect("model loads");
     if adapter {
         let a = adapters::LoraAdapter::load(&fixture().join("adapter")).expect("adapter loads");
         m.with_adapter(&a, &config).expect("adapter attaches")

@@ -327,6 +327,15 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> DeployBackend for Cube<R, I
         }
     }
 
+    /// bf16 where the device has bf16 tensors: widening is one elementwise kernel.
+    fn dense_storage(device: &Self::Device) -> burn::tensor::DType {
+        use burn::tensor::backend::Backend;
+        match Self::supports_dtype(device, burn::tensor::DType::BF16) {
+            true => burn::tensor::DType::BF16,
+            false => burn::tensor::DType::F32,
+        }
+    }
+
     fn deployed_base(
         _: &BaseWeight<Self>,
         _: Option<&Lora<Self>>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use super::quant::{deployed_packed, host_quantized_weight};
 use super::weight::{BaseWeight, Lora, Quantizer};
@@ -38,8 +38,16 @@ pub trait DeployBackend: Backend {
         base: &BaseWeight<Self>,
         lora: Option<&Lora<Self>>,
     ) -> Result<Option<BaseWeight<Self>>, CodecError>;
+
+    /// The dtype a model holds its frozen dense matrices in on `device` (they are bf16 in the
+    /// checkpoint and widened to f32 at use): F32 unless the backend widens bf16 cheaply.
+    fn dense_storage(_device: &Self::Device) -> DType {
+        DType::F32
+    }
 }
 
+/// The CPU keeps f32 dense matrices: burn-flex 0.21 casts bf16 through an f64 buffer
+/// (8 B/element, one thread), which costs more time and memory at the use than bf16 storage saves.
 impl DeployBackend for burn::backend::Flex {
     fn base_dense(
         base: &BaseWeight<Self>,
@@ -92,5 +100,9 @@ impl<B: DeployBackend, C: CheckpointStrategy> DeployBackend for Autodiff<B, C> {
     ) -> Result<Option<BaseWeight<Self>>, CodecError> {
         let lora = lora.map(Lora::inner);
         Ok(B::deployed_base(&base.inner(), lora.as_ref())?.map(BaseWeight::from_inner))
+    }
+
+    fn dense_storage(device: &Self::Device) -> DType {
+        B::dense_storage(device)
     }
 }

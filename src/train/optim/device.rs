@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::kernel::Coeffs;
-use super::{AdamW, AdamWConfig, ParamState};
+use super::{check_step, AdamW, AdamWConfig, ParamState};
 
 /// One tensor's moments on its device.
 #[derive(Debug)]
@@ -104,16 +104,7 @@ impl<B: Backend> DeviceAdamW<B> {
         params: &mut BTreeMap<String, Tensor<B, 2>>,
         grads: &BTreeMap<String, Tensor<B, 2>>,
     ) -> Result<()> {
-        ensure!(
-            lr.is_finite() && lr >= 0.0,
-            "learning rate {lr}: must be finite and >= 0"
-        );
-        ensure!(
-            params.len() == grads.len(),
-            "optimizer step: {} parameters but {} gradients",
-            params.len(),
-            grads.len()
-        );
+        check_step(lr, params.len(), grads.len())?;
         for (name, p) in params.iter() {
             let Some(g) = grads.get(name) else {
                 bail!("{name}: no gradient for this parameter");
