@@ -15,7 +15,7 @@ fn gb(b: u64) -> String {
 fn rows(b: &Breakdown) -> [(&'static str, String); 6] {
     [
         ("packed experts (MXFP4 blocks+scales)", gb(b.experts_packed)),
-        ("non-expert weights (bf16 matrices)", gb(b.non_expert_held)),
+        ("non-expert weights (as held)", gb(b.non_expert_held)),
         (
             "  [as stored, all bf16; not counted]",
             gb(b.non_expert_bf16),
