@@ -45,6 +45,10 @@ fn logits<B: LoraLinearBackend>(device: &B::Device, quant: QuantMode) -> Vec<f32
 #[test]
 fn logits_match_the_cpu() {
     let dev = device();
+    eprintln!(
+        "{NAME}: frozen matrices held as {:?}",
+        <B as kernels::ops::DeployBackend>::dense_storage(&dev)
+    );
     for quant in [QuantMode::Mxfp4, QuantMode::None] {
         let cpu = logits::<Flex>(&Default::default(), quant);
         let gpu = logits::<B>(&dev, quant);
