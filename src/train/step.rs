@@ -261,3 +261,73 @@ pub fn all_reduce<B: Backend>(shares: Vec<DeviceGrads<B>>) -> DeviceGrads<B> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn grads(values: &[(&str, [f32; 2])]) -> DeviceGrads<Flex> {
+        let dev = Default::default();
+        let mut sum = GradSum::default();
+        sum.add(
+            values
+                .iter()
+                .map(|(k, v)| {
+                    let t = Tensor::from_data(TensorData::new(v.to_vec(), [1, 2]), &dev);
+                    (k.to_string(), Some(t))
+                })
+                .collect(),
+        );
+        DeviceGrads {
+            grads: sum,
+            loss: 0.5,
+            counted: 3,
+        }
+    }
+
+    #[test]
+    fn device_grads_add_and_go_through_the_host() {
+        let mut a = grads(&[("x", [1.0, 2.0]), ("y", [3.0, 4.0])]);
+        a.add(grads(&[("x", [10.0, 20.0]), ("z", [5.0, 6.0])]));
+        assert_eq!((a.loss, a.counted), (1.0, 6));
+        // what the node exchange does to the host copy comes back on the device, in shape
+        let back = a
+            .through_host(|mut h| {
+                h.grads.get_mut("y").unwrap()[0] = -1.0;
+                h.loss = 2.0;
+                Ok(h)
+            })
+            .unwrap();
+        assert_eq!(back.loss, 2.0);
+        let host = back.into_host().unwrap();
+        assert_eq!(host.grads["x"], [11.0, 22.0]);
+        assert_eq!(host.grads["y"], [-1.0, 4.0]);
+        assert_eq!(host.grads["z"], [5.0, 6.0]);
+        // a tensor lost, one of another length or one not computed is an error naming it
+        let lost = grads(&[("x", [1.0, 2.0])]).through_host(|mut h| {
+            h.grads.clear();
+            Ok(h)
+        });
+        assert!(lost
+            .unwrap_err()
+            .to_string()
+            .contains("x: its gradient was lost"));
+        let short = grads(&[("x", [1.0, 2.0])]).through_host(|mut h| {
+            h.grads.insert("x".into(), vec![1.0]);
+            Ok(h)
+        });
+        assert!(short
+            .unwrap_err()
+            .to_string()
+            .contains("x: 1 gradient values"));
+        let extra = grads(&[("x", [1.0, 2.0])]).through_host(|mut h| {
+            h.grads.insert("w".into(), vec![1.0, 2.0]);
+            Ok(h)
+        });
+        assert!(extra
+            .unwrap_err()
+            .to_string()
+            .contains("w: a gradient the step"));
+    }
+}
