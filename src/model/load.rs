@@ -25,7 +25,7 @@ use super::placement::LayerPlacement;
 use super::rms_norm::RmsNorm;
 use super::rope::YarnParams;
 use super::router::Router;
-use super::storage::stored;
+use super::storage::bf16_tensor;
 use crate::checkpoint::{names, Checkpoint, ExpertProj, GptOssConfig, LayerType};
 
 /// A BF16 checkpoint tensor decoded to f32 on `device`, with its rank checked.
@@ -44,13 +44,17 @@ fn dense<B: Backend, const D: usize>(
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
-/// A BF16 checkpoint matrix held as `dtype` ([`super::storage`]), with its rank checked.
+/// A BF16 checkpoint matrix held as `dtype`: BF16 as stored ([`super::storage`]), anything else
+/// decoded to f32 ([`dense`], the one f32 path), with its rank checked.
 fn stored_dense<B: Backend>(
     ckpt: &Checkpoint,
     name: &str,
     device: &B::Device,
     dtype: burn::tensor::DType,
 ) -> anyhow::Result<Tensor<B, 2>> {
+    if dtype != burn::tensor::DType::BF16 {
+        return dense(ckpt, name, device);
+    }
     let shape = ckpt.tensor(name)?.shape.to_vec();
     let [rows, cols] = shape[..] else {
         anyhow::bail!(
@@ -58,7 +62,7 @@ fn stored_dense<B: Backend>(
             ckpt.dir().display()
         );
     };
-    Ok(stored(ckpt.bf16_values(name)?, [rows, cols], device, dtype))
+    Ok(bf16_tensor(ckpt.bf16_values(name)?, [rows, cols], device))
 }
 
 /// The model's rotary parameters from the checkpoint config.

@@ -10,24 +10,16 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor, TensorCreationOptions, TensorData};
 use half::bf16;
 
-/// A matrix of bf16 values (the checkpoint's) on `device`, held as `dtype` (BF16, or F32 for
-/// the exactly widened values).
-pub fn stored<B: Backend, const D: usize>(
+/// A tensor of bf16 values (the checkpoint's) on `device`, held as BF16.
+pub fn bf16_tensor<B: Backend, const D: usize>(
     values: Vec<bf16>,
     shape: [usize; D],
     device: &B::Device,
-    dtype: DType,
 ) -> Tensor<B, D> {
-    match dtype {
-        DType::BF16 => Tensor::from_data(
-            TensorData::new(values, shape),
-            TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
-        ),
-        _ => {
-            let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
-            Tensor::from_data(TensorData::new(wide, shape), device)
-        }
-    }
+    Tensor::from_data(
+        TensorData::new(values, shape),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
+    )
 }
 
 /// `t` in f32 (a copy when stored narrower; `t` itself when already f32).
@@ -50,15 +42,19 @@ mod tests {
             .iter()
             .map(|&v| bf16::from_f32(v))
             .collect();
-        let t = stored::<Flex, 2>(values.clone(), [2, 3], &dev, DType::BF16);
+        let t = bf16_tensor::<Flex, 2>(values.clone(), [2, 3], &dev);
         assert_eq!(t.dtype(), DType::BF16);
         let wide = as_f32(t).into_data().to_vec::<f32>().unwrap();
         let want: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&wide), bits(&want));
-        // held as f32: the same values
-        let f = stored::<Flex, 2>(values, [2, 3], &dev, DType::F32);
-        assert_eq!(f.dtype(), DType::F32);
-        assert_eq!(bits(&f.into_data().to_vec::<f32>().unwrap()), bits(&want));
+        // the f32 path (the checkpoint codec) decodes the same bytes to the same values
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect();
+        let mut decoded = vec![0f32; values.len()];
+        kernels::bf16::decode_le(&bytes, &mut decoded).unwrap();
+        assert_eq!(bits(&decoded), bits(&want));
     }
 }
